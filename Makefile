@@ -1,0 +1,65 @@
+# oignons-mail: build and test.  On a fresh Debian bookworm machine, as root:
+#   make deb     build dist/oignons-mail-*.deb for SITE (default: the association's)
+#   make check   every test: unit, golden, lint, lintian, installs into real systems
+# Both install what they need with apt-get first.
+
+SHELL = /bin/sh
+# Debian's python3 and tools, whatever else PATH may put first.
+export PATH := /usr/sbin:/usr/bin:/sbin:/bin
+export DEBIAN_FRONTEND = noninteractive
+
+SITE ?= sites/nos-oignons.toml
+PYTHON = /usr/bin/python3
+TOOL = PYTHONPATH=src $(PYTHON) -m oignons_mail
+VENV = build/venv
+APT_INSTALL = apt-get install -y --no-install-recommends
+# Lint tools pinned so that a new release cannot break `make check` by itself.
+RUFF_VERSION = 0.17.6
+MYPY_VERSION = 2.4.1
+
+# What `make check` needs beyond the build-dependencies.
+CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-venv python3-pip \
+	debian-archive-keyring util-linux
+
+SHELL_SCRIPTS = scripts/postfix-apply debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
+
+.PHONY: deb check unit lint lintian system-test build-deps check-deps clean
+
+deb: build-deps
+	$(TOOL) build --site $(SITE)
+
+build-deps:
+	@if ! command -v dpkg-checkbuilddeps >/dev/null || ! dpkg-checkbuilddeps 2>/dev/null; then \
+		echo "Installing the build-dependencies"; \
+		apt-get update -q && $(APT_INSTALL) dpkg-dev build-essential && apt-get build-dep -y ./ ; \
+	fi
+
+check-deps: build-deps
+	@missing=$$(for p in $(CHECK_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
+	@if [ ! -x $(VENV)/bin/mypy ] || [ ! -x $(VENV)/bin/ruff ]; then \
+		$(PYTHON) -m venv --system-site-packages $(VENV) && \
+		$(VENV)/bin/pip install -q ruff==$(RUFF_VERSION) mypy==$(MYPY_VERSION); \
+	fi
+
+check: check-deps deb lint lintian
+	$(PYTHON) -m pytest tests
+
+unit: check-deps
+	$(PYTHON) -m pytest tests -m "not system"
+
+lint: check-deps
+	$(VENV)/bin/ruff check src tests scripts/oignons_mail_responder.py
+	$(VENV)/bin/mypy
+	shellcheck -s sh $(SHELL_SCRIPTS)
+	$(TOOL) validate $(SITE)
+
+# Errors and warnings fail; info and pedantic tags are shown (README.md says why they remain).
+lintian: check-deps
+	lintian --fail-on error,warning --display-info --pedantic dist/*.deb
+
+system-test: check-deps deb
+	$(PYTHON) -m pytest tests -m system
+
+clean:
+	rm -rf build dist

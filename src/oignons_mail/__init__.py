@@ -1,0 +1,1 @@
+"""oignons-mail: Nos oignons' Postfix setup as Debian packages, built from a site file."""

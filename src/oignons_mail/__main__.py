@@ -1,0 +1,5 @@
+import sys
+
+from oignons_mail.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""Build the binary packages: dpkg-buildpackage on a clean copy of the source."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from debian.changelog import Changelog
+
+from oignons_mail.errors import BuildError
+
+# What a build copies: the source package, without build products or VCS data.
+_NOT_COPIED = shutil.ignore_patterns(".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+_PRODUCT_SUFFIXES = (".deb", ".buildinfo", ".changes")
+
+
+def source_version(source: Path) -> tuple[str, str]:
+    """(source package name, version) from debian/changelog."""
+    changelog_path = source / "debian" / "changelog"
+    try:
+        with changelog_path.open(encoding="utf-8") as handle:
+            changelog = Changelog(handle, max_blocks=1)
+    except OSError as error:
+        raise BuildError(f"{changelog_path}: cannot be read: {error}") from None
+    return changelog.package, str(changelog.version)
+
+
+def build_packages(source: Path, site: Path, work: Path, dist: Path) -> list[Path]:
+    """Build the .debs for `site` from the source tree; return the files put in dist.
+
+    The build runs in a copy under `work` so that dpkg-buildpackage's products
+    (written to the parent directory) and debian/ leftovers never touch the
+    source tree.
+    """
+    package, version = source_version(source)
+    upstream = version.split(":")[-1].rsplit("-", 1)[0]
+    tree = work / f"{package}-{upstream}"
+    if tree.exists():
+        shutil.rmtree(tree)
+    for stale in work.glob(f"{package}_*") if work.is_dir() else []:
+        stale.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, tree, ignore=_NOT_COPIED, symlinks=True)
+    environment = dict(os.environ, OIGNONS_MAIL_SITE=str(site.resolve()))
+    command = ["dpkg-buildpackage", "--build=binary", "--no-sign"]
+    if shutil.which(command[0]) is None:
+        raise BuildError("dpkg-buildpackage is not installed: run `make deb`, which installs the build-dependencies")
+    result = subprocess.run(command, cwd=tree, env=environment, check=False)
+    if result.returncode != 0:
+        raise BuildError(f"dpkg-buildpackage failed with status {result.returncode} (its output is above)")
+    dist.mkdir(parents=True, exist_ok=True)
+    # dist/ holds one build: an older version's .deb must not be tested or shipped.
+    for old in dist.glob("*_*"):
+        if old.name.endswith(_PRODUCT_SUFFIXES):
+            old.unlink()
+    products = []
+    for product in sorted(work.glob(f"*_{upstream}*")):
+        if product.name.endswith(_PRODUCT_SUFFIXES):
+            target = dist / product.name
+            shutil.move(product, target)
+            products.append(target)
+    return products

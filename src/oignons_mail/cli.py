@@ -1,0 +1,83 @@
+"""The command line: `oignons-mail validate | render | build`.
+
+Each subcommand is one function; errors become exit statuses only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from oignons_mail.build import build_packages
+from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UserMessageError
+from oignons_mail.render import render
+from oignons_mail.site import load_site
+from oignons_mail.writer import diff_tree, write_tree
+
+DEFAULT_SITE = Path("sites/nos-oignons.toml")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    print(f"{args.site}: valid ({len(site.relay.destinations)} relay destinations, {len(site.smarthost.relay_pins)} relay pin(s))")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    files = render(load_site(args.site))
+    if args.diff:
+        difference = diff_tree(files, args.dest)
+        sys.stdout.write(difference)
+        return EXIT_FAILURE if difference and args.check else EXIT_OK
+    for relative in write_tree(files, args.dest):
+        print(f"wrote {args.dest / relative}")
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    load_site(args.site)  # a broken site stops here, before anything is copied or built
+    for product in build_packages(args.source, args.site, args.work, args.dist):
+        print(product)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oignons-mail",
+        description="Build the oignons-mail Debian packages (Postfix relay and smarthost) from a site file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, function: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(function=function)
+        return sub
+
+    validate = add("validate", cmd_validate, "check a site file and report the first broken rule")
+    validate.add_argument("site", type=Path, nargs="?", default=DEFAULT_SITE, help="site file (default: %(default)s)")
+
+    render_parser = add("render", cmd_render, "render a site into a folder of package data files")
+    render_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    render_parser.add_argument("dest", type=Path, help="folder to write (files it has and the site does not make are removed)")
+    render_parser.add_argument("--diff", action="store_true", help="show the diff against the folder, write nothing")
+    render_parser.add_argument("--check", action="store_true", help="with --diff: exit 1 when there is a difference")
+
+    build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")
+    build.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    build.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
+    build.add_argument("--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)")
+    build.add_argument("--dist", type=Path, default=Path("dist"), help="where the .debs go (default: %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.function(args)
+    except UserMessageError as error:
+        print(f"oignons-mail: error: {error}", file=sys.stderr)
+        return error.exit_status
+    return status

@@ -1,0 +1,508 @@
+"""The site description: one TOML file, loaded into one frozen, typed model.
+
+Every rule a value must follow is checked here, once; everything downstream
+(rendering, packaging) may trust the model.  A broken file stops with a
+`SiteError` that names the file, the key, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+from oignons_mail.errors import ABSENT, SiteError
+
+T = TypeVar("T")
+
+Digest = Literal["sha1", "sha256"]
+DIGEST_BYTES: dict[str, int] = {"sha1": 20, "sha256": 32}
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """Outbound TLS quality, shared by both roles."""
+
+    mandatory_protocols: str
+    exclude_ciphers: tuple[str, ...]
+    mandatory_ciphers: str
+    loglevel: int
+    note_starttls_offer: bool
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A throttled copy of the smtp transport (wiki: "slow transports")."""
+
+    name: str
+    process_limit: int
+    destinations: tuple[str, ...]
+    initial_destination_concurrency: int | None
+    destination_concurrency_limit: int | None
+    destination_recipient_limit: int | None
+    destination_rate_delay: str | None
+
+
+@dataclass(frozen=True)
+class Responder:
+    """The donation auto-responder on the relay."""
+
+    local_parts: tuple[str, ...]
+    from_address: str
+    subject: str
+    iban: str  # grouped by four, as printed for people
+    bic: str
+    account_holder: str
+    rate_limit_seconds: int
+    text: str  # placeholders already filled in
+
+
+@dataclass(frozen=True)
+class Relay:
+    """The main mail server (bulbe)."""
+
+    hostname: str
+    mydomain: str
+    destinations: tuple[str, ...]
+    banner_suffix: str
+    recipient_delimiter: str
+    tls_cert_file: str
+    tls_key_file: str
+    rspamd_milter_socket: str
+    schleuder_lists: tuple[str, ...]
+    default_destination_concurrency_limit: int
+    responder: Responder
+    transports: tuple[Transport, ...]
+
+
+@dataclass(frozen=True)
+class Smarthost:
+    """What every Tor node needs to reach the relay."""
+
+    fingerprint_digest: Digest
+    relay_pins: tuple[str, ...]  # lower-case hex, colon-separated bytes
+
+
+@dataclass(frozen=True)
+class Site:
+    """One association's mail setup, for both roles."""
+
+    source: str
+    domain: str
+    root_alias: str
+    users_to_root: tuple[str, ...]
+    tls: TlsPolicy
+    relay: Relay
+    smarthost: Smarthost
+
+
+class RuleBroken(Exception):
+    """Raised by a value check; the loader adds the file, key and value."""
+
+    def __init__(self, rule: str, hint: str = "") -> None:
+        super().__init__(rule)
+        self.rule = rule
+        self.hint = hint
+
+
+# -- value checks: value in, normalised value out, RuleBroken on failure ------
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(\.{_LABEL})+")
+_LABEL_RE = re.compile(_LABEL)
+_LOCAL_PART_RE = re.compile(r"[a-z0-9][a-z0-9._+-]*")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]*")
+_POSTFIX_TIME_RE = re.compile(r"([0-9]+)([smhdw]?)")
+_TIME_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PROTOCOL = r"(SSLv2|SSLv3|TLSv1|TLSv1\.1|TLSv1\.2|TLSv1\.3)"
+_PROTOCOLS_RE = re.compile(rf"([<>]=?{_PROTOCOL}|!?{_PROTOCOL})(\s*[,\s]\s*([<>]=?{_PROTOCOL}|!?{_PROTOCOL}))*")
+_CIPHER_GRADES = ("high", "medium", "low", "export", "null")
+_IBAN_RE = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
+_BIC_RE = re.compile(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
+_TRANSPORT_RE = re.compile(r"[a-z][a-z0-9-]*")
+# Services of Debian's master.cf: a transport of the site may not replace one.
+_STOCK_SERVICES = frozenset(
+    "smtp submission submissions smtps pickup cleanup qmgr tlsmgr rewrite bounce defer"
+    " trace verify flush proxymap proxywrite relay showq error retry discard local"
+    " virtual lmtp anvil scache postlog maildrop uucp ifmail bsmtp scalemail-backend"
+    " mailman schleuder responder".split()
+)
+
+
+def domain_name(value: str) -> str:
+    if not _DOMAIN_RE.fullmatch(value) or len(value) > 253:
+        raise RuleBroken(
+            "not a domain name (lower-case labels of letters, digits and '-', at least two labels)",
+            "write it like nos-oignons.net, without a trailing dot",
+        )
+    return value
+
+
+def host_label(value: str) -> str:
+    if not _LABEL_RE.fullmatch(value):
+        raise RuleBroken("not a host name label (letters, digits and '-', at most 63)")
+    return value
+
+
+def mail_address(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not _LOCAL_PART_RE.fullmatch(local):
+        raise RuleBroken("not a mail address (local-part@domain, lower case)")
+    domain_name(domain)
+    return value
+
+
+def local_part(value: str) -> str:
+    if not _LOCAL_PART_RE.fullmatch(value):
+        raise RuleBroken("not the local part of an address (lower-case letters, digits, '.', '_', '+', '-')")
+    return value
+
+
+def user_name(value: str) -> str:
+    if not _USER_RE.fullmatch(value):
+        raise RuleBroken("not a user or alias name (lower case, starting with a letter or '_')")
+    return value
+
+
+def absolute_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value) or "/../" in value + "/":
+        raise RuleBroken("not an absolute path without spaces or '..'")
+    return value
+
+
+def postfix_time(value: str) -> str:
+    """A Postfix time value (postconf(5): a number with an optional s/m/h/d/w unit)."""
+    if not _POSTFIX_TIME_RE.fullmatch(value):
+        raise RuleBroken("not a Postfix time (a whole number and an optional unit s, m, h, d or w)", 'e.g. "2s"')
+    return value
+
+
+def postfix_time_seconds(value: str) -> int:
+    match = _POSTFIX_TIME_RE.fullmatch(postfix_time(value))
+    assert match is not None
+    return int(match.group(1)) * _TIME_UNIT_SECONDS[match.group(2)]
+
+
+def tls_protocols(value: str) -> str:
+    if not _PROTOCOLS_RE.fullmatch(value.strip()):
+        raise RuleBroken(
+            "not a Postfix TLS protocol list",
+            'use ">=TLSv1.2" (Postfix >= 3.6) or a list such as "!SSLv2, !SSLv3, !TLSv1"',
+        )
+    return value
+
+
+def cipher_grade(value: str) -> str:
+    if value not in _CIPHER_GRADES:
+        raise RuleBroken(f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})")
+    return value
+
+
+def digest_name(value: str) -> Digest:
+    if value not in DIGEST_BYTES:
+        raise RuleBroken("not a supported fingerprint digest (sha1 or sha256)")
+    return cast(Digest, value)
+
+
+def fingerprint(value: str, digest: str) -> str:
+    """A digest in hex, bytes optionally separated by colons; normalised to aa:bb:..."""
+    hexdigits = value.replace(":", "").lower()
+    size = DIGEST_BYTES[digest]
+    if not re.fullmatch(r"[0-9a-f]*", hexdigits) or len(hexdigits) != 2 * size or (
+        ":" in value and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2})*", value)
+    ):
+        raise RuleBroken(
+            f"not hex of a {digest} digest ({size} bytes: {2 * size} hex digits, colons between bytes optional)",
+            "compute it on the relay with `oignons-mail pin --cert CERT.pem`",
+        )
+    return ":".join(hexdigits[i : i + 2] for i in range(0, len(hexdigits), 2))
+
+
+def iban(value: str) -> str:
+    """An IBAN (ISO 13616): mod-97 check; returned grouped by four."""
+    compact = value.replace(" ", "").upper()
+    if not _IBAN_RE.fullmatch(compact):
+        raise RuleBroken("not an IBAN (country code, two check digits, up to 30 letters or digits)")
+    rearranged = compact[4:] + compact[:4]
+    if int("".join(str(int(c, 36)) for c in rearranged)) % 97 != 1:
+        raise RuleBroken("not a valid IBAN: the mod-97 check fails (ISO 7064)", "a digit is probably mistyped")
+    return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+
+
+def bic(value: str) -> str:
+    if not _BIC_RE.fullmatch(value):
+        raise RuleBroken("not a BIC (8 or 11 upper-case letters and digits)")
+    return value
+
+
+def transport_name(value: str) -> str:
+    if not _TRANSPORT_RE.fullmatch(value):
+        raise RuleBroken("not a master.cf service name (lower case, starting with a letter)")
+    if value in _STOCK_SERVICES:
+        raise RuleBroken("names a service that master.cf already has", "choose another name, e.g. slow")
+    return value
+
+
+def positive(value: int) -> int:
+    if value < 1:
+        raise RuleBroken("must be a whole number of at least 1")
+    return value
+
+
+def tls_loglevel(value: int) -> int:
+    if not 0 <= value <= 4:
+        raise RuleBroken("not a Postfix TLS log level (0 to 4)")
+    return value
+
+
+def non_empty(value: str) -> str:
+    if not value.strip():
+        raise RuleBroken("must not be empty")
+    return value
+
+
+def milter_socket(value: str) -> str:
+    absolute_path(value)
+    return value
+
+
+# -- the reader: walks the TOML tables, remembers which keys were used --------
+
+
+class _Table:
+    def __init__(self, file: str, path: str, data: dict[str, object]) -> None:
+        self.file = file
+        self.path = path
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, value: object, rule: str, hint: str = "") -> SiteError:
+        return SiteError(self.file, self.key(name), value, rule, hint)
+
+    def _raw(self, name: str, kind: type, kind_name: str, optional: bool) -> object:
+        self.used.add(name)
+        if name not in self.data:
+            if optional:
+                return None
+            raise self.error(name, ABSENT, "missing", f"add `{name} = ...` to [{self.path}]")
+        value = self.data[name]
+        # bool is an int in Python; TOML keeps them apart, so must we.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, value, f"must be {kind_name}")
+        return value
+
+    def _check(self, name: str, value: T, check: Callable[[T], T]) -> T:
+        try:
+            return check(value)
+        except RuleBroken as broken:
+            raise self.error(name, value, broken.rule, broken.hint) from None
+
+    def string(self, name: str, check: Callable[[str], str] = non_empty) -> str:
+        return self._check(name, cast(str, self._raw(name, str, "a string", False)), check)
+
+    def optional_string(self, name: str, check: Callable[[str], str]) -> str | None:
+        value = self._raw(name, str, "a string", True)
+        return None if value is None else self._check(name, cast(str, value), check)
+
+    def integer(self, name: str, check: Callable[[int], int] = positive) -> int:
+        return self._check(name, cast(int, self._raw(name, int, "a whole number", False)), check)
+
+    def optional_integer(self, name: str, check: Callable[[int], int] = positive) -> int | None:
+        value = self._raw(name, int, "a whole number", True)
+        return None if value is None else self._check(name, cast(int, value), check)
+
+    def boolean(self, name: str) -> bool:
+        return cast(bool, self._raw(name, bool, "true or false", False))
+
+    def strings(self, name: str, check: Callable[[str], str], allow_empty: bool = False) -> tuple[str, ...]:
+        values = cast(list[object], self._raw(name, list, "a list of strings", False))
+        if not values and not allow_empty:
+            raise self.error(name, values, "must not be an empty list")
+        result: list[str] = []
+        for index, item in enumerate(values):
+            item_key = f"{name}[{index}]"
+            if not isinstance(item, str):
+                raise self.error(item_key, item, "must be a string")
+            normalised = self._check(item_key, item, check)
+            if normalised in result:
+                raise self.error(item_key, item, "is listed twice")
+            result.append(normalised)
+        return tuple(result)
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.file, self.key(name), cast(dict[str, object], self._raw(name, dict, "a table", False)))
+
+    def tables(self, name: str) -> Iterator[_Table]:
+        values = cast(list[object], self._raw(name, list, "an array of tables ([[...]])", False))
+        for index, item in enumerate(values):
+            if not isinstance(item, dict):
+                raise self.error(f"{name}[{index}]", item, "must be a table")
+            yield _Table(self.file, f"{self.key(name)}[{index}]", cast(dict[str, object], item))
+
+    def finish(self) -> None:
+        """Refuse keys the model does not know: a typo must not pass silently."""
+        for name in self.data:
+            if name not in self.used:
+                known = ", ".join(sorted(self.used))
+                raise self.error(name, self.data[name], "unknown key", f"known keys here: {known}")
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def load_site(path: Path) -> Site:
+    """Read and validate a site file."""
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteError(file, "", ABSENT, "no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SiteError(file, "", ABSENT, f"cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SiteError(file, "", ABSENT, f"is not valid TOML: {error}") from None
+    return parse_site(data, file)
+
+
+def parse_site(data: dict[str, object], file: str) -> Site:
+    """Validate the parsed TOML of a site file into the model."""
+    top = _Table(file, "", data)
+    site_table = top.table("site")
+    domain = site_table.string("domain", domain_name)
+    root_alias = site_table.string("root_alias", mail_address)
+    users_to_root = site_table.strings("users_to_root", user_name)
+    if "root" in users_to_root:
+        raise site_table.error("users_to_root", list(users_to_root), "must not list root itself (a mail loop)")
+    site_table.finish()
+
+    tls = _parse_tls(top.table("tls"))
+    relay = _parse_relay(top.table("relay"))
+    smarthost = _parse_smarthost(top.table("smarthost"))
+    top.finish()
+
+    return Site(
+        source=file,
+        domain=domain,
+        root_alias=root_alias,
+        users_to_root=users_to_root,
+        tls=tls,
+        relay=relay,
+        smarthost=smarthost,
+    )
+
+
+def _parse_tls(table: _Table) -> TlsPolicy:
+    policy = TlsPolicy(
+        mandatory_protocols=table.string("mandatory_protocols", tls_protocols),
+        exclude_ciphers=table.strings("exclude_ciphers", non_empty, allow_empty=True),
+        mandatory_ciphers=table.string("mandatory_ciphers", cipher_grade),
+        loglevel=table.integer("loglevel", tls_loglevel),
+        note_starttls_offer=table.boolean("note_starttls_offer"),
+    )
+    table.finish()
+    return policy
+
+
+def _parse_relay(table: _Table) -> Relay:
+    hostname = table.string("hostname", domain_name)
+    destinations = table.strings("destinations", domain_name)
+    schleuder_lists = table.strings("schleuder_lists", mail_address, allow_empty=True)
+    for index, address in enumerate(schleuder_lists):
+        if address.rpartition("@")[2] not in destinations:
+            raise table.error(
+                f"schleuder_lists[{index}]",
+                address,
+                "is not in a domain of relay.destinations",
+                "the relay accepts mail only for its destinations",
+            )
+    delimiter = table.string("recipient_delimiter")
+    if len(delimiter) != 1 or delimiter.isalnum() or delimiter.isspace():
+        raise table.error("recipient_delimiter", delimiter, "must be one punctuation character", 'e.g. "+"')
+    relay = Relay(
+        hostname=hostname,
+        mydomain=table.string("mydomain", domain_name),
+        destinations=destinations,
+        banner_suffix=table.string("banner_suffix"),
+        recipient_delimiter=delimiter,
+        tls_cert_file=table.string("tls_cert_file", absolute_path),
+        tls_key_file=table.string("tls_key_file", absolute_path),
+        rspamd_milter_socket=table.string("rspamd_milter_socket", milter_socket),
+        schleuder_lists=schleuder_lists,
+        default_destination_concurrency_limit=table.integer("default_destination_concurrency_limit"),
+        responder=_parse_responder(table.table("responder"), destinations),
+        transports=_parse_transports(table),
+    )
+    table.finish()
+    return relay
+
+
+def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
+    from_address = table.string("from_address", mail_address)
+    if from_address.rpartition("@")[2] not in destinations:
+        raise table.error("from_address", from_address, "is not in a domain of relay.destinations")
+    fields = {
+        "iban": table.string("iban", iban),
+        "bic": table.string("bic", bic),
+        "account_holder": table.string("account_holder"),
+    }
+    template = table.string("text")
+    if "{iban}" not in template:
+        raise table.error("text", template, "must contain the placeholder {iban}", "the reply is for the IBAN")
+    try:
+        text = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        raise table.error(
+            "text", template, f"has an unknown or broken placeholder ({error})", "known: {iban}, {bic}, {account_holder}"
+        ) from None
+    responder = Responder(
+        local_parts=table.strings("local_parts", local_part),
+        from_address=from_address,
+        subject=table.string("subject"),
+        iban=fields["iban"],
+        bic=fields["bic"],
+        account_holder=fields["account_holder"],
+        rate_limit_seconds=postfix_time_seconds(table.string("rate_limit", postfix_time)),
+        text=text.strip("\n") + "\n",
+    )
+    table.finish()
+    return responder
+
+
+def _parse_transports(relay_table: _Table) -> tuple[Transport, ...]:
+    transports: list[Transport] = []
+    seen_destinations: set[str] = set()
+    for table in relay_table.tables("transports"):
+        transport = Transport(
+            name=table.string("name", transport_name),
+            process_limit=table.integer("process_limit"),
+            destinations=table.strings("destinations", domain_name),
+            initial_destination_concurrency=table.optional_integer("initial_destination_concurrency"),
+            destination_concurrency_limit=table.optional_integer("destination_concurrency_limit"),
+            destination_recipient_limit=table.optional_integer("destination_recipient_limit"),
+            destination_rate_delay=table.optional_string("destination_rate_delay", postfix_time),
+        )
+        if transport.name in (t.name for t in transports):
+            raise table.error("name", transport.name, "is the name of another transport")
+        for index, destination in enumerate(transport.destinations):
+            if destination in seen_destinations:
+                raise table.error(f"destinations[{index}]", destination, "is routed by another transport already")
+            seen_destinations.add(destination)
+        table.finish()
+        transports.append(transport)
+    return tuple(transports)
+
+
+def _parse_smarthost(table: _Table) -> Smarthost:
+    digest = table.string("fingerprint_digest", digest_name)
+    smarthost = Smarthost(
+        fingerprint_digest=cast(Digest, digest),
+        relay_pins=table.strings("relay_pins", lambda pin: fingerprint(pin, digest)),
+    )
+    table.finish()
+    return smarthost
