@@ -185,9 +185,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         value = data[key]
         # bool is a subclass of int, but "rate_limit_seconds": true is a bug.
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise ConfigError(
-                f"{name}: key {key!r} must be of type {expected.__name__}, not {type(value).__name__}"
-            )
+            raise ConfigError(f"{name}: key {key!r} must be of type {expected.__name__}, not {type(value).__name__}")
         check, requirement = _CONFIG_VALUE_RULES[key]
         if not check(value):
             raise ConfigError(f"{name}: key {key!r} {requirement}: {value!r}")
@@ -317,9 +315,7 @@ def reason_not_to_reply(
     The rate limit is not checked here: it needs the state directory and a
     lock, see RateLimiter.
     """
-    return _sender_reason(sender, (own_address, recipient)) or _header_reason(
-        message, own_address
-    )
+    return _sender_reason(sender, (own_address, recipient)) or _header_reason(message, own_address)
 
 
 def _message_ids(value: str) -> list[str]:
@@ -342,9 +338,7 @@ def _fold_ids(name: str, ids: Sequence[str]) -> str:
     return "\n ".join(lines)
 
 
-def build_reply(
-    message: Message, sender: str, config: Config, now: datetime
-) -> EmailMessage:
+def build_reply(message: Message, sender: str, config: Config, now: datetime) -> EmailMessage:
     """Build the auto-reply to ``message``, addressed to the envelope sender.
 
     ``sender`` must be an address accepted by reason_not_to_reply().
@@ -357,23 +351,11 @@ def build_reply(
     reply["Date"] = format_datetime(now)
     reply["Message-ID"] = make_msgid(domain=own.domain)
 
-    parent_ids = [
-        found
-        for value in _header_values(message, "Message-ID")
-        for found in _message_ids(value)
-    ][:1]
-    references = [
-        found
-        for value in _header_values(message, "References")
-        for found in _message_ids(value)
-    ]
+    parent_ids = [found for value in _header_values(message, "Message-ID") for found in _message_ids(value)][:1]
+    references = [found for value in _header_values(message, "References") for found in _message_ids(value)]
     if not references:
         # RFC 5322 section 3.6.4: fall back to a single-id In-Reply-To.
-        in_reply_to = [
-            found
-            for value in _header_values(message, "In-Reply-To")
-            for found in _message_ids(value)
-        ]
+        in_reply_to = [found for value in _header_values(message, "In-Reply-To") for found in _message_ids(value)]
         if len(in_reply_to) == 1:
             references = in_reply_to
     references = [ref for ref in references if ref not in parent_ids] + parent_ids
@@ -431,9 +413,7 @@ class Reservation:
     reply is recorded (content and mtime) only once it has been submitted.
     """
 
-    def __init__(
-        self, fd: int, path: Path, window_seconds: float, clock: Clock
-    ) -> None:
+    def __init__(self, fd: int, path: Path, window_seconds: float, clock: Clock) -> None:
         self._fd = fd
         self._path = path
         self._window_seconds = window_seconds
@@ -533,9 +513,7 @@ class RateLimiter:
     def _open_locked(self, path: Path) -> int:
         deadline = time.monotonic() + self.lock_timeout
         while True:
-            fd = os.open(
-                path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 self._lock(fd, deadline)
                 opened = os.fstat(fd)
@@ -566,9 +544,7 @@ class RateLimiter:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"timed out after {self.lock_timeout:g}s waiting for a lock"
-                )
+                raise TimeoutError(f"timed out after {self.lock_timeout:g}s waiting for a lock")
             time.sleep(_LOCK_POLL_SECONDS)
 
 
@@ -594,9 +570,7 @@ def _argument_parser() -> argparse.ArgumentParser:
         required=True,
         help="envelope sender (empty for the null sender)",
     )
-    parser.add_argument(
-        "--recipient", default="", help="original envelope recipient (for logging)"
-    )
+    parser.add_argument("--recipient", default="", help="original envelope recipient (for logging)")
     return parser
 
 
@@ -689,20 +663,14 @@ def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: 
     try:
         with limiter.reserve(sender) as reservation:
             if reservation.limited:
-                log(
-                    f"no reply to {sender}: already replied within "
-                    f"{config.rate_limit_seconds}s (rate limit)"
-                )
+                log(f"no reply to {sender}: already replied within {config.rate_limit_seconds}s (rate limit)")
                 return EX_OK
             now = datetime.fromtimestamp(clock(), UTC).astimezone()
             reply = build_reply(message, sender, config, now)
             try:
                 submit_reply(reply, sender, config.smtp_host, config.smtp_port)
             except OSError as error:
-                log(
-                    f"SMTP submission to {config.smtp_host}:{config.smtp_port} "
-                    f"failed, deferring: {error}"
-                )
+                log(f"SMTP submission to {config.smtp_host}:{config.smtp_port} failed, deferring: {error}")
                 return EX_TEMPFAIL
             try:
                 reservation.record()

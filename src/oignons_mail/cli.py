@@ -21,7 +21,10 @@ DEFAULT_SITE = Path("sites/nos-oignons.toml")
 
 def cmd_validate(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    print(f"{args.site}: valid ({len(site.relay.destinations)} relay destinations, {len(site.smarthost.relay_pins)} relay pin(s))")
+    relay, smarthost = site.relay, site.smarthost
+    print(
+        f"{args.site}: valid ({len(relay.destinations)} relay destinations, {len(smarthost.relay_pins)} relay pin(s))"
+    )
     return EXIT_OK
 
 
@@ -60,14 +63,18 @@ def _parser() -> argparse.ArgumentParser:
 
     render_parser = add("render", cmd_render, "render a site into a folder of package data files")
     render_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
-    render_parser.add_argument("dest", type=Path, help="folder to write (files it has and the site does not make are removed)")
+    render_parser.add_argument(
+        "dest", type=Path, help="folder to write (files it has and the site does not make are removed)"
+    )
     render_parser.add_argument("--diff", action="store_true", help="show the diff against the folder, write nothing")
     render_parser.add_argument("--check", action="store_true", help="with --diff: exit 1 when there is a difference")
 
     build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")
     build.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
     build.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
-    build.add_argument("--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)")
+    build.add_argument(
+        "--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)"
+    )
     build.add_argument("--dist", type=Path, default=Path("dist"), help="where the .debs go (default: %(default)s)")
     return parser
 

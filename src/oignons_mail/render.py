@@ -59,16 +59,19 @@ def render(site: Site) -> RenderedTree:
 def _role_files(role: str, site: Site, settings: list[tuple[str, str]], tables: list[Table]) -> RenderedTree:
     source = PurePosixPath(site.source).name
     files = {
-        f"{role}/main.cf": _template(
-            "main.cf.j2", role=role, source=source, lines=postfix.main_cf_lines(settings)
-        ),
+        f"{role}/main.cf": _template("main.cf.j2", role=role, source=source, lines=postfix.main_cf_lines(settings)),
         f"{role}/tables": _template(
             "tables.j2", role=role, source=source, tables=[(t.build_command, t.postfix_name) for t in tables]
         ),
     }
     for t in tables:
         files[f"{role}/tables.d/{t.name}"] = _template(
-            "table.j2", role=role, source=source, name=t.name, command=f"{t.build_command} {t.postfix_name}", entries=t.entries,
+            "table.j2",
+            role=role,
+            source=source,
+            name=t.name,
+            command=f"{t.build_command} {t.postfix_name}",
+            entries=t.entries,
         )
     return files
 

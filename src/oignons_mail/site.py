@@ -99,7 +99,7 @@ class Site:
     smarthost: Smarthost
 
 
-class RuleBroken(Exception):
+class RuleError(Exception):
     """Raised by a value check; the loader adds the file, key and value."""
 
     def __init__(self, rule: str, hint: str = "") -> None:
@@ -108,7 +108,7 @@ class RuleBroken(Exception):
         self.hint = hint
 
 
-# -- value checks: value in, normalised value out, RuleBroken on failure ------
+# -- value checks: value in, normalised value out, RuleError on failure ------
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(\.{_LABEL})+")
@@ -125,16 +125,17 @@ _BIC_RE = re.compile(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
 _TRANSPORT_RE = re.compile(r"[a-z][a-z0-9-]*")
 # Services of Debian's master.cf: a transport of the site may not replace one.
 _STOCK_SERVICES = frozenset(
-    "smtp submission submissions smtps pickup cleanup qmgr tlsmgr rewrite bounce defer"
-    " trace verify flush proxymap proxywrite relay showq error retry discard local"
-    " virtual lmtp anvil scache postlog maildrop uucp ifmail bsmtp scalemail-backend"
-    " mailman schleuder responder".split()
+    (
+        "smtp submission submissions smtps pickup cleanup qmgr tlsmgr rewrite bounce defer trace verify "
+        "flush proxymap proxywrite relay showq error retry discard local virtual lmtp anvil scache postlog "
+        "maildrop uucp ifmail bsmtp scalemail-backend mailman schleuder responder"
+    ).split()
 )
 
 
 def domain_name(value: str) -> str:
     if not _DOMAIN_RE.fullmatch(value) or len(value) > 253:
-        raise RuleBroken(
+        raise RuleError(
             "not a domain name (lower-case labels of letters, digits and '-', at least two labels)",
             "write it like nos-oignons.net, without a trailing dot",
         )
@@ -143,40 +144,40 @@ def domain_name(value: str) -> str:
 
 def host_label(value: str) -> str:
     if not _LABEL_RE.fullmatch(value):
-        raise RuleBroken("not a host name label (letters, digits and '-', at most 63)")
+        raise RuleError("not a host name label (letters, digits and '-', at most 63)")
     return value
 
 
 def mail_address(value: str) -> str:
     local, at, domain = value.rpartition("@")
     if not at or not _LOCAL_PART_RE.fullmatch(local):
-        raise RuleBroken("not a mail address (local-part@domain, lower case)")
+        raise RuleError("not a mail address (local-part@domain, lower case)")
     domain_name(domain)
     return value
 
 
 def local_part(value: str) -> str:
     if not _LOCAL_PART_RE.fullmatch(value):
-        raise RuleBroken("not the local part of an address (lower-case letters, digits, '.', '_', '+', '-')")
+        raise RuleError("not the local part of an address (lower-case letters, digits, '.', '_', '+', '-')")
     return value
 
 
 def user_name(value: str) -> str:
     if not _USER_RE.fullmatch(value):
-        raise RuleBroken("not a user or alias name (lower case, starting with a letter or '_')")
+        raise RuleError("not a user or alias name (lower case, starting with a letter or '_')")
     return value
 
 
 def absolute_path(value: str) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value) or "/../" in value + "/":
-        raise RuleBroken("not an absolute path without spaces or '..'")
+        raise RuleError("not an absolute path without spaces or '..'")
     return value
 
 
 def postfix_time(value: str) -> str:
     """A Postfix time value (postconf(5): a number with an optional s/m/h/d/w unit)."""
     if not _POSTFIX_TIME_RE.fullmatch(value):
-        raise RuleBroken("not a Postfix time (a whole number and an optional unit s, m, h, d or w)", 'e.g. "2s"')
+        raise RuleError("not a Postfix time (a whole number and an optional unit s, m, h, d or w)", 'e.g. "2s"')
     return value
 
 
@@ -188,7 +189,7 @@ def postfix_time_seconds(value: str) -> int:
 
 def tls_protocols(value: str) -> str:
     if not _PROTOCOLS_RE.fullmatch(value.strip()):
-        raise RuleBroken(
+        raise RuleError(
             "not a Postfix TLS protocol list",
             'use ">=TLSv1.2" (Postfix >= 3.6) or a list such as "!SSLv2, !SSLv3, !TLSv1"',
         )
@@ -197,13 +198,13 @@ def tls_protocols(value: str) -> str:
 
 def cipher_grade(value: str) -> str:
     if value not in _CIPHER_GRADES:
-        raise RuleBroken(f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})")
+        raise RuleError(f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})")
     return value
 
 
 def digest_name(value: str) -> Digest:
     if value not in DIGEST_BYTES:
-        raise RuleBroken("not a supported fingerprint digest (sha1 or sha256)")
+        raise RuleError("not a supported fingerprint digest (sha1 or sha256)")
     return cast(Digest, value)
 
 
@@ -211,10 +212,12 @@ def fingerprint(value: str, digest: str) -> str:
     """A digest in hex, bytes optionally separated by colons; normalised to aa:bb:..."""
     hexdigits = value.replace(":", "").lower()
     size = DIGEST_BYTES[digest]
-    if not re.fullmatch(r"[0-9a-f]*", hexdigits) or len(hexdigits) != 2 * size or (
-        ":" in value and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2})*", value)
+    if (
+        not re.fullmatch(r"[0-9a-f]*", hexdigits)
+        or len(hexdigits) != 2 * size
+        or (":" in value and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2})*", value))
     ):
-        raise RuleBroken(
+        raise RuleError(
             f"not hex of a {digest} digest ({size} bytes: {2 * size} hex digits, colons between bytes optional)",
             "compute it on the relay with `oignons-mail pin --cert CERT.pem`",
         )
@@ -225,42 +228,42 @@ def iban(value: str) -> str:
     """An IBAN (ISO 13616): mod-97 check; returned grouped by four."""
     compact = value.replace(" ", "").upper()
     if not _IBAN_RE.fullmatch(compact):
-        raise RuleBroken("not an IBAN (country code, two check digits, up to 30 letters or digits)")
+        raise RuleError("not an IBAN (country code, two check digits, up to 30 letters or digits)")
     rearranged = compact[4:] + compact[:4]
     if int("".join(str(int(c, 36)) for c in rearranged)) % 97 != 1:
-        raise RuleBroken("not a valid IBAN: the mod-97 check fails (ISO 7064)", "a digit is probably mistyped")
+        raise RuleError("not a valid IBAN: the mod-97 check fails (ISO 7064)", "a digit is probably mistyped")
     return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
 
 
 def bic(value: str) -> str:
     if not _BIC_RE.fullmatch(value):
-        raise RuleBroken("not a BIC (8 or 11 upper-case letters and digits)")
+        raise RuleError("not a BIC (8 or 11 upper-case letters and digits)")
     return value
 
 
 def transport_name(value: str) -> str:
     if not _TRANSPORT_RE.fullmatch(value):
-        raise RuleBroken("not a master.cf service name (lower case, starting with a letter)")
+        raise RuleError("not a master.cf service name (lower case, starting with a letter)")
     if value in _STOCK_SERVICES:
-        raise RuleBroken("names a service that master.cf already has", "choose another name, e.g. slow")
+        raise RuleError("names a service that master.cf already has", "choose another name, e.g. slow")
     return value
 
 
 def positive(value: int) -> int:
     if value < 1:
-        raise RuleBroken("must be a whole number of at least 1")
+        raise RuleError("must be a whole number of at least 1")
     return value
 
 
 def tls_loglevel(value: int) -> int:
     if not 0 <= value <= 4:
-        raise RuleBroken("not a Postfix TLS log level (0 to 4)")
+        raise RuleError("not a Postfix TLS log level (0 to 4)")
     return value
 
 
 def non_empty(value: str) -> str:
     if not value.strip():
-        raise RuleBroken("must not be empty")
+        raise RuleError("must not be empty")
     return value
 
 
@@ -300,7 +303,7 @@ class _Table:
     def _check(self, name: str, value: T, check: Callable[[T], T]) -> T:
         try:
             return check(value)
-        except RuleBroken as broken:
+        except RuleError as broken:
             raise self.error(name, value, broken.rule, broken.hint) from None
 
     def string(self, name: str, check: Callable[[str], str] = non_empty) -> str:
@@ -458,7 +461,10 @@ def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
         text = template.format(**fields)
     except (KeyError, IndexError, ValueError) as error:
         raise table.error(
-            "text", template, f"has an unknown or broken placeholder ({error})", "known: {iban}, {bic}, {account_holder}"
+            "text",
+            template,
+            f"has an unknown or broken placeholder ({error})",
+            "known: {iban}, {bic}, {account_holder}",
         ) from None
     responder = Responder(
         local_parts=table.strings("local_parts", local_part),

@@ -89,8 +89,20 @@ class DebianSystem:
 
     def run(self, script: str, timeout: int = COMMAND_TIMEOUT) -> Result:
         """Run a sh script as root inside the system; its processes die with it."""
-        inner = f"mount -t proc proc {shlex.quote(str(self.root))}/proc && exec chroot {shlex.quote(str(self.root))} /bin/sh -c {shlex.quote(script)}"
-        command = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "sh", "-c", inner]
+        root = shlex.quote(str(self.root))
+        inner = f"mount -t proc proc {root}/proc && exec chroot {root} /bin/sh -c {shlex.quote(script)}"
+        command = [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            inner,
+        ]
         environment = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "DEBIAN_FRONTEND": "noninteractive",

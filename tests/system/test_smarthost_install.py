@@ -90,14 +90,18 @@ def installed(request: pytest.FixtureRequest, dist: Path) -> Iterator[Installed]
         before = system.run(SNAPSHOT).check("snapshot").stdout
         reinstall = system.run(f"apt-get install -y -q --reinstall {deb}").check("reinstall")
         after = system.run(SNAPSHOT).check("snapshot").stdout
-        yield Installed(system, install.stdout + install.stderr, postconf_n, before, after, reinstall.stdout + reinstall.stderr)
+        yield Installed(
+            system, install.stdout + install.stderr, postconf_n, before, after, reinstall.stdout + reinstall.stderr
+        )
     finally:
         system.remove()
 
 
 def test_exim4_is_replaced_by_postfix(installed: Installed) -> None:
     system = installed.system
-    statuses = {package: package_status(system, package) for package in ("exim4", "exim4-daemon-light", "postfix", PACKAGE)}
+    statuses = {
+        package: package_status(system, package) for package in ("exim4", "exim4-daemon-light", "postfix", PACKAGE)
+    }
     gone = ("not-installed", "config-files")
     assert statuses["exim4"] in gone, f"{system.release}: {statuses}\n{installed.install_log[-3000:]}"
     assert statuses["exim4-daemon-light"] in gone, f"{system.release}: {statuses}"

@@ -112,9 +112,7 @@ def make_config(state_directory: Path, port: int = 25) -> Any:
     )
 
 
-def write_config(
-    path: Path, state_directory: Path, port: int, /, **changes: Any
-) -> Path:
+def write_config(path: Path, state_directory: Path, port: int, /, **changes: Any) -> Path:
     data: dict[str, Any] = {
         "from_address": OWN_ADDRESS,
         "subject": "Re: donations / dons",
@@ -219,9 +217,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
 @pytest.fixture
 def smtp_server() -> Iterator[SMTPServer]:
     server = SMTPServer()
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server
@@ -270,9 +266,7 @@ class Run:
             "--recipient",
             OWN_ADDRESS,
         ]
-        status: int = responder.main(
-            argv, io.BytesIO(raw), log=self.log.append, clock=self.clock
-        )
+        status: int = responder.main(argv, io.BytesIO(raw), log=self.log.append, clock=self.clock)
         return status
 
 
@@ -282,17 +276,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def run(
-    tmp_path: Path, state_directory: Path, smtp_server: SMTPServer, clock: FakeClock
-) -> Run:
+def run(tmp_path: Path, state_directory: Path, smtp_server: SMTPServer, clock: FakeClock) -> Run:
     config = write_config(tmp_path / "responder.json", state_directory, smtp_server.port)
     return Run(config, clock)
 
 
 @pytest.fixture
-def run_without_smtp(
-    tmp_path: Path, state_directory: Path, closed_port: int, clock: FakeClock
-) -> Run:
+def run_without_smtp(tmp_path: Path, state_directory: Path, closed_port: int, clock: FakeClock) -> Run:
     config = write_config(tmp_path / "responder.json", state_directory, closed_port)
     return Run(config, clock)
 
@@ -308,9 +298,7 @@ AUTOMATED_SENDERS = [
     pytest.param("tor-relays-request@lists.example.org", id="request-suffix"),
     pytest.param("tor-relays-owner@lists.example.org", id="owner-suffix"),
     pytest.param("tor-relays-bounces@lists.example.org", id="bounces-suffix"),
-    pytest.param(
-        "tor-relays-bounces+alice=example.org@lists.example.org", id="bounces-verp"
-    ),
+    pytest.param("tor-relays-bounces+alice=example.org@lists.example.org", id="bounces-verp"),
     pytest.param("postmaster@example.org", id="postmaster"),
     pytest.param("PostMaster@example.org", id="postmaster-mixed-case"),
     pytest.param("listserv@lists.example.org", id="listserv"),
@@ -337,9 +325,7 @@ AUTOMATED_HEADERS = [
     pytest.param("Auto-Submitted: auto-generated", id="auto-generated"),
     pytest.param("Auto-Submitted: auto-replied", id="auto-replied"),
     pytest.param("Auto-Submitted: Auto-Replied (vacation)", id="auto-replied-comment"),
-    pytest.param(
-        "Auto-Submitted: auto-notified; owner-email=x@example.org", id="auto-notified"
-    ),
+    pytest.param("Auto-Submitted: auto-notified; owner-email=x@example.org", id="auto-notified"),
     pytest.param("Auto-Submitted: yes-please", id="auto-submitted-unknown"),
     pytest.param("Auto-Submitted:", id="auto-submitted-empty"),
     pytest.param("List-Id: Tor relays <tor-relays.lists.example.org>", id="list-id"),
@@ -403,9 +389,7 @@ def test_reply_to_ordinary_sender(sender: str) -> None:
 
 def test_no_reply_to_sender_equal_to_recipient() -> None:
     message = parse(raw_message())
-    reason = responder.reason_not_to_reply(
-        message, "board@nos-oignons.net", OWN_ADDRESS, "board@nos-oignons.net"
-    )
+    reason = responder.reason_not_to_reply(message, "board@nos-oignons.net", OWN_ADDRESS, "board@nos-oignons.net")
     assert reason is not None
 
 
@@ -468,9 +452,7 @@ def test_reply_extends_existing_references() -> None:
 
 
 def test_reply_references_fall_back_to_in_reply_to() -> None:
-    message = parse(
-        raw_message("In-Reply-To: <parent@example.net>", message_id="<child@example.org>")
-    )
+    message = parse(raw_message("In-Reply-To: <parent@example.net>", message_id="<child@example.org>"))
     assert build(message)["References"].split() == [
         "<parent@example.net>",
         "<child@example.org>",
@@ -544,9 +526,7 @@ def test_unrecorded_reservation_leaves_no_state(state_directory: Path) -> None:
 
 
 def test_concurrent_reservation_waits_for_the_lock(state_directory: Path) -> None:
-    limiter = responder.RateLimiter(
-        state_directory, WEEK, clock=FakeClock(), lock_timeout=0.2
-    )
+    limiter = responder.RateLimiter(state_directory, WEEK, clock=FakeClock(), lock_timeout=0.2)
 
     def second_delivery() -> None:
         with limiter.reserve(SENDER):
@@ -558,9 +538,7 @@ def test_concurrent_reservation_waits_for_the_lock(state_directory: Path) -> Non
 
 @pytest.mark.parametrize("record", [True, False], ids=["recorded", "not-recorded"])
 def test_waiter_sees_outcome_of_first_holder(state_directory: Path, record: bool) -> None:
-    limiter = responder.RateLimiter(
-        state_directory, WEEK, clock=FakeClock(), lock_timeout=SOCKET_TIMEOUT
-    )
+    limiter = responder.RateLimiter(state_directory, WEEK, clock=FakeClock(), lock_timeout=SOCKET_TIMEOUT)
     waiter_result: list[bool] = []
     waiter_started = threading.Event()
 
@@ -633,17 +611,13 @@ def test_main_logs_rule_and_does_not_connect(run: Run, smtp_server: SMTPServer) 
     assert "null envelope sender" in run.log[1]
 
 
-def test_main_smtp_failure_defers_and_records_nothing(
-    run_without_smtp: Run, state_directory: Path
-) -> None:
+def test_main_smtp_failure_defers_and_records_nothing(run_without_smtp: Run, state_directory: Path) -> None:
     assert run_without_smtp(raw_message()) == 75
     assert os.listdir(state_directory) == []
     assert "deferring" in run_without_smtp.log[-1]
 
 
-def test_main_unusable_state_directory_defers(
-    tmp_path: Path, smtp_server: SMTPServer, clock: FakeClock
-) -> None:
+def test_main_unusable_state_directory_defers(tmp_path: Path, smtp_server: SMTPServer, clock: FakeClock) -> None:
     config = write_config(tmp_path / "responder.json", tmp_path / "missing", smtp_server.port)
     run = Run(config, clock)
     assert run(raw_message()) == 75
@@ -659,9 +633,7 @@ def test_main_unusable_state_directory_defers(
         pytest.param(b"Auto-Submitted\n\n", id="header-without-colon"),
     ],
 )
-def test_main_survives_unparsable_message(
-    run: Run, smtp_server: SMTPServer, raw: bytes
-) -> None:
+def test_main_survives_unparsable_message(run: Run, smtp_server: SMTPServer, raw: bytes) -> None:
     assert run(raw) == 0
     assert len(smtp_server.transactions) == 1
     assert IBAN in parse(smtp_server.transactions[0].data).get_content()
@@ -744,9 +716,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.param({"smtp_prot": 25}, "smtp_prot", id="unknown-key"),
     ],
 )
-def test_invalid_config_value(
-    tmp_path: Path, state_directory: Path, changes: dict[str, Any], fragment: str
-) -> None:
+def test_invalid_config_value(tmp_path: Path, state_directory: Path, changes: dict[str, Any], fragment: str) -> None:
     path = write_config(tmp_path / "responder.json", state_directory, 25, **changes)
     with pytest.raises(responder.ConfigError, match=fragment):
         responder.load_config(path)
