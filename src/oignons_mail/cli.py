@@ -1,4 +1,4 @@
-"""The command line: `oignons-mail validate | render | build`.
+"""The command line: `oignons-mail validate | render | pin | build`.
 
 Each subcommand is one function; errors become exit statuses only here.
 """
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from oignons_mail import pin
 from oignons_mail.build import build_packages
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UserMessageError
 from oignons_mail.render import render
@@ -34,8 +35,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         difference = diff_tree(files, args.dest)
         sys.stdout.write(difference)
         return EXIT_FAILURE if difference and args.check else EXIT_OK
-    for relative in write_tree(files, args.dest):
+    changes = write_tree(files, args.dest)
+    for relative in changes.written:
         print(f"wrote {args.dest / relative}")
+    for relative in changes.removed:
+        print(f"removed {args.dest / relative}")
     return EXIT_OK
 
 
@@ -43,6 +47,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     load_site(args.site)  # a broken site stops here, before anything is copied or built
     for product in build_packages(args.source, args.site, args.work, args.dist):
         print(product)
+    return EXIT_OK
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    if args.cert:
+        certificate = pin.certificate_from_file(args.cert)
+    else:
+        host, _, port = args.connect.rpartition(":") if ":" in args.connect else (args.connect, "", "25")
+        if not port.isdigit():
+            raise UserMessageError(f"--connect {args.connect}: the port is not a number")
+        certificate = pin.certificate_from_server(host, int(port))
+    for digest, value in pin.pins(pin.subject_public_key_info(certificate)).items():
+        print(f"{digest} {value}")
     return EXIT_OK
 
 
@@ -68,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     render_parser.add_argument("--diff", action="store_true", help="show the diff against the folder, write nothing")
     render_parser.add_argument("--check", action="store_true", help="with --diff: exit 1 when there is a difference")
+
+    pin_parser = add("pin", cmd_pin, "print the sha256 and sha1 pins of a relay's public key")
+    source = pin_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cert", type=Path, help="the relay's certificate (PEM), e.g. its ACME cert")
+    source.add_argument("--connect", metavar="HOST[:PORT]", help="fetch it from a live server (STARTTLS; 465: TLS)")
 
     build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")
     build.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")

@@ -52,7 +52,8 @@ def main_cf_lines(settings: Sequence[tuple[str, str]]) -> list[str]:
     for key, value in settings:
         if "\n" in value or not key.isidentifier():
             raise ValueError(f"not a one-line main.cf setting: {key!r} = {value!r}")
-        lines.append(f"{key} = {value}")
+        # `postconf -n` shows an empty value as "key =": so must the record.
+        lines.append(f"{key} = {value}" if value else f"{key} =")
     return lines
 
 

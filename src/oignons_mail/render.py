@@ -7,13 +7,14 @@ computed here in Python; the Jinja2 templates only lay the values out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import jinja2
 
 from oignons_mail import postfix
-from oignons_mail.site import Site
+from oignons_mail.site import SCHLEUDER_SUFFIXES, Site
 
 RenderedTree = dict[str, str]
 
@@ -53,6 +54,11 @@ def render(site: Site) -> RenderedTree:
         digest=site.smarthost.fingerprint_digest,
         pins=" ".join(site.smarthost.relay_pins),
     )
+    files.update(_role_files("relay", site, relay_settings(site), relay_tables(site)))
+    files["relay/master.cf"] = _template(
+        "master.cf.j2", role="relay", source=PurePosixPath(site.source).name, lines=relay_master_cf(site)
+    )
+    files["relay/responder.json"] = responder_config(site)
     return files
 
 
@@ -132,3 +138,134 @@ def smarthost_settings(site: Site) -> list[tuple[str, str]]:
 
 def smarthost_tables(site: Site) -> list[Table]:
     return [alias_table(site)]
+
+
+# The relay's own pieces: services it adds to master.cf, and where the
+# responder keeps its state.
+RESPONDER_USER = "oignons-responder"
+RESPONDER_COMMAND = "/usr/lib/oignons-mail-relay/responder"
+RESPONDER_CONFIG = "/usr/share/oignons-mail-relay/responder.json"
+RESPONDER_STATE = "/var/lib/oignons-mail-relay/responder"
+# Schleuder's documented pipe transport (one recipient per delivery: flag D).
+SCHLEUDER_ARGUMENTS = ("flags=DRhu", "user=schleuder", "argv=/usr/bin/schleuder", "work", "${recipient}")
+
+
+def relay_settings(site: Site) -> list[tuple[str, str]]:
+    """main.cf of the relay (wiki: "Configuration sur bulbe" to "slow transports")."""
+    relay = site.relay
+    schleuder = postfix.table("schleuder")
+    responder = postfix.table("responder")
+    settings = [
+        ("myhostname", relay.hostname),
+        ("mydomain", relay.mydomain),
+        ("mydestination", postfix.comma_list([*relay.destinations, "localhost"])),
+        ("mynetworks", postfix.LOOPBACK_NETWORKS),
+        ("recipient_delimiter", relay.recipient_delimiter),
+        # Only aliases, Schleuder lists and the responder receive mail: no
+        # passwd lookup.  The postinst appends Mailman 3's table when it exists.
+        ("local_recipient_maps", postfix.comma_list(["$alias_maps", schleuder, responder])),
+        ("smtpd_banner", f"$myhostname ESMTP $mail_name ({relay.banner_suffix})"),
+        # Closed relay: a hard 5xx, not Debian's soft 454 that makes senders retry for days.
+        ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
+        ("smtpd_sasl_auth_enable", "no"),
+        ("smtpd_tls_cert_file", relay.tls_cert_file),
+        ("smtpd_tls_key_file", relay.tls_key_file),
+        ("smtpd_tls_security_level", "may"),
+        ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
+        ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
+        ("smtp_tls_security_level", "dane"),
+        ("smtp_dns_support_level", "dnssec"),
+        *tls_client_policy(site),
+        # Postfix is not chrooted on the relay: the socket path is the real one.
+        ("smtpd_milters", f"unix:{relay.rspamd_milter_socket}"),
+        ("non_smtpd_milters", "$smtpd_milters"),
+        # Mail keeps flowing, unscanned, when rspamd is down or not installed.
+        ("milter_default_action", "accept"),
+        ("transport_maps", postfix.comma_list([postfix.table("transport"), schleuder, responder])),
+        ("schleuder_destination_recipient_limit", "1"),
+        ("responder_destination_recipient_limit", "1"),
+        ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
+        *alias_settings(),
+    ]
+    for transport in relay.transports:
+        limits = [
+            ("initial_destination_concurrency", transport.initial_destination_concurrency),
+            ("destination_concurrency_limit", transport.destination_concurrency_limit),
+            ("destination_recipient_limit", transport.destination_recipient_limit),
+            ("destination_rate_delay", transport.destination_rate_delay),
+        ]
+        settings += [(f"{transport.name}_{name}", str(value)) for name, value in limits if value is not None]
+    return settings
+
+
+def relay_master_cf(site: Site) -> list[str]:
+    """master.cf of the relay, as `postconf` options and arguments, one per line."""
+    entries = [
+        postfix.master_cf_entry(
+            "smtps",
+            "inet",
+            "smtpd",
+            private="n",
+            arguments=("-o", "syslog_name=postfix/smtps", "-o", "smtpd_tls_wrappermode=yes"),
+        ),
+        postfix.master_cf_entry(
+            "schleuder", "unix", "pipe", private="-", unprivileged="n", arguments=SCHLEUDER_ARGUMENTS
+        ),
+        postfix.master_cf_entry(
+            "responder",
+            "unix",
+            "pipe",
+            unprivileged="n",
+            arguments=(
+                "flags=Rq",
+                f"user={RESPONDER_USER}",
+                "null_sender=",
+                f"argv={RESPONDER_COMMAND}",
+                "--config",
+                RESPONDER_CONFIG,
+                "--sender",
+                "${sender}",
+                "--recipient",
+                "${original_recipient}",
+            ),
+        ),
+        *(
+            postfix.master_cf_entry(t.name, "unix", "smtp", process_limit=str(t.process_limit))
+            for t in site.relay.transports
+        ),
+    ]
+    # Every service un-chrooted: systemd confines Postfix instead (wiki, point 5).
+    return [f"-M {entry}" for entry in entries] + ["-F */*/chroot = n"]
+
+
+def relay_tables(site: Site) -> list[Table]:
+    relay = site.relay
+    routes = [(domain, f"{t.name}:") for t in relay.transports for domain in t.destinations]
+    schleuder = [
+        (f"{local}{suffix}@{domain}", "schleuder:")
+        for local, _, domain in (address.partition("@") for address in relay.schleuder_lists)
+        for suffix in SCHLEUDER_SUFFIXES
+    ]
+    responder = [
+        (f"{local}@{domain}", "responder:") for local in relay.responder.local_parts for domain in relay.destinations
+    ]
+    return [
+        alias_table(site),
+        Table("transport", "postmap", postfix.map_lines(routes)),
+        Table("schleuder", "postmap", postfix.map_lines(schleuder)),
+        Table("responder", "postmap", postfix.map_lines(responder)),
+    ]
+
+
+def responder_config(site: Site) -> str:
+    responder = site.relay.responder
+    config = {
+        "from_address": responder.from_address,
+        "subject": responder.subject,
+        "body": responder.text,
+        "rate_limit_seconds": responder.rate_limit_seconds,
+        "state_directory": RESPONDER_STATE,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": 25,
+    }
+    return json.dumps(config, indent=2, ensure_ascii=False) + "\n"

@@ -8,6 +8,7 @@ Every rule a value must follow is checked here, once; everything downstream
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from oignons_mail.errors import ABSENT, SiteError
 T = TypeVar("T")
 
 Digest = Literal["sha1", "sha256"]
+# The forms of a Schleuder list address that reach Schleuder.
+SCHLEUDER_SUFFIXES = ("", "-request", "-owner", "-bounce", "-sendkey")
 DIGEST_BYTES: dict[str, int] = {"sha1": 20, "sha256": 32}
 
 
@@ -118,17 +121,18 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_.-]*")
 _POSTFIX_TIME_RE = re.compile(r"([0-9]+)([smhdw]?)")
 _TIME_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PROTOCOL = r"(SSLv2|SSLv3|TLSv1|TLSv1\.1|TLSv1\.2|TLSv1\.3)"
-_PROTOCOLS_RE = re.compile(rf"([<>]=?{_PROTOCOL}|!?{_PROTOCOL})(\s*[,\s]\s*([<>]=?{_PROTOCOL}|!?{_PROTOCOL}))*")
+_PROTOCOLS_RE = re.compile(rf"([<>]={_PROTOCOL}|!?{_PROTOCOL})(\s*[,\s]\s*([<>]={_PROTOCOL}|!?{_PROTOCOL}))*")
 _CIPHER_GRADES = ("high", "medium", "low", "export", "null")
 _IBAN_RE = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
 _BIC_RE = re.compile(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
-_TRANSPORT_RE = re.compile(r"[a-z][a-z0-9-]*")
+# No '-': the name starts main.cf parameter names (slow_destination_rate_delay).
+_TRANSPORT_RE = re.compile(r"[a-z][a-z0-9]*")
 # Services of Debian's master.cf: a transport of the site may not replace one.
 _STOCK_SERVICES = frozenset(
     (
         "smtp submission submissions smtps pickup cleanup qmgr tlsmgr rewrite bounce defer trace verify "
         "flush proxymap proxywrite relay showq error retry discard local virtual lmtp anvil scache postlog "
-        "maildrop uucp ifmail bsmtp scalemail-backend mailman schleuder responder"
+        "maildrop uucp ifmail bsmtp scalemail-backend mailman schleuder responder default"
     ).split()
 )
 
@@ -187,6 +191,12 @@ def postfix_time_seconds(value: str) -> int:
     return int(match.group(1)) * _TIME_UNIT_SECONDS[match.group(2)]
 
 
+def positive_time(value: str) -> str:
+    if postfix_time_seconds(value) < 1:
+        raise RuleError("must be a Postfix time of at least one second", 'e.g. "7d"')
+    return value
+
+
 def tls_protocols(value: str) -> str:
     if not _PROTOCOLS_RE.fullmatch(value.strip()):
         raise RuleError(
@@ -243,7 +253,7 @@ def bic(value: str) -> str:
 
 def transport_name(value: str) -> str:
     if not _TRANSPORT_RE.fullmatch(value):
-        raise RuleError("not a master.cf service name (lower case, starting with a letter)")
+        raise RuleError("not a transport name (lower-case letters and digits, starting with a letter)")
     if value in _STOCK_SERVICES:
         raise RuleError("names a service that master.cf already has", "choose another name, e.g. slow")
     return value
@@ -264,6 +274,20 @@ def tls_loglevel(value: int) -> int:
 def non_empty(value: str) -> str:
     if not value.strip():
         raise RuleError("must not be empty")
+    return value
+
+
+def one_line(value: str) -> str:
+    """Text that goes into a main.cf value or a mail header: one line, no control character."""
+    non_empty(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise RuleError("must be one line of text, without control characters")
+    return value
+
+
+def cipher_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9+-]+", value):
+        raise RuleError("not an OpenSSL cipher name (letters, digits, '+' and '-')", 'e.g. "RC4"')
     return value
 
 
@@ -293,7 +317,11 @@ class _Table:
         if name not in self.data:
             if optional:
                 return None
-            raise self.error(name, ABSENT, "missing", f"add `{name} = ...` to [{self.path}]")
+            if kind is dict:
+                hint = f"add a [{self.key(name)}] table"
+            else:
+                hint = f"add `{name} = ...` to [{self.path}]" if self.path else f"add `{name} = ...` at the top"
+            raise self.error(name, ABSENT, "missing", hint)
         value = self.data[name]
         # bool is an int in Python; TOML keeps them apart, so must we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -389,6 +417,7 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     smarthost = _parse_smarthost(top.table("smarthost"))
     top.finish()
 
+    _refuse_shared_local_parts(file, relay, users_to_root)
     return Site(
         source=file,
         domain=domain,
@@ -400,10 +429,21 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     )
 
 
+def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str, ...]) -> None:
+    """A responder address must not also be an alias or a Schleuder list: one would hide the other."""
+    taken = dict.fromkeys((*users_to_root, "root"), "an alias (site.users_to_root)")
+    for address in relay.schleuder_lists:
+        local = address.partition("@")[0]
+        taken.update({local + suffix: f"a form of the Schleuder list {address}" for suffix in SCHLEUDER_SUFFIXES})
+    for index, local in enumerate(relay.responder.local_parts):
+        if local in taken:
+            raise SiteError(file, f"relay.responder.local_parts[{index}]", local, f"is also {taken[local]}")
+
+
 def _parse_tls(table: _Table) -> TlsPolicy:
     policy = TlsPolicy(
         mandatory_protocols=table.string("mandatory_protocols", tls_protocols),
-        exclude_ciphers=table.strings("exclude_ciphers", non_empty, allow_empty=True),
+        exclude_ciphers=table.strings("exclude_ciphers", cipher_name, allow_empty=True),
         mandatory_ciphers=table.string("mandatory_ciphers", cipher_grade),
         loglevel=table.integer("loglevel", tls_loglevel),
         note_starttls_offer=table.boolean("note_starttls_offer"),
@@ -424,6 +464,8 @@ def _parse_relay(table: _Table) -> Relay:
                 "is not in a domain of relay.destinations",
                 "the relay accepts mail only for its destinations",
             )
+    if hostname not in destinations:
+        raise table.error("hostname", hostname, "is not in relay.destinations", "mail to root@<relay> must be accepted")
     delimiter = table.string("recipient_delimiter")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter.isspace():
         raise table.error("recipient_delimiter", delimiter, "must be one punctuation character", 'e.g. "+"')
@@ -431,7 +473,7 @@ def _parse_relay(table: _Table) -> Relay:
         hostname=hostname,
         mydomain=table.string("mydomain", domain_name),
         destinations=destinations,
-        banner_suffix=table.string("banner_suffix"),
+        banner_suffix=table.string("banner_suffix", one_line),
         recipient_delimiter=delimiter,
         tls_cert_file=table.string("tls_cert_file", absolute_path),
         tls_key_file=table.string("tls_key_file", absolute_path),
@@ -439,7 +481,7 @@ def _parse_relay(table: _Table) -> Relay:
         schleuder_lists=schleuder_lists,
         default_destination_concurrency_limit=table.integer("default_destination_concurrency_limit"),
         responder=_parse_responder(table.table("responder"), destinations),
-        transports=_parse_transports(table),
+        transports=_parse_transports(table, destinations),
     )
     table.finish()
     return relay
@@ -452,35 +494,44 @@ def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
     fields = {
         "iban": table.string("iban", iban),
         "bic": table.string("bic", bic),
-        "account_holder": table.string("account_holder"),
+        "account_holder": table.string("account_holder", one_line),
     }
     template = table.string("text")
-    if "{iban}" not in template:
-        raise table.error("text", template, "must contain the placeholder {iban}", "the reply is for the IBAN")
-    try:
-        text = template.format(**fields)
-    except (KeyError, IndexError, ValueError) as error:
-        raise table.error(
-            "text",
-            template,
-            f"has an unknown or broken placeholder ({error})",
-            "known: {iban}, {bic}, {account_holder}",
-        ) from None
+    text = _fill_placeholders(table, "text", template, fields)
     responder = Responder(
         local_parts=table.strings("local_parts", local_part),
         from_address=from_address,
-        subject=table.string("subject"),
+        subject=table.string("subject", one_line),
         iban=fields["iban"],
         bic=fields["bic"],
         account_holder=fields["account_holder"],
-        rate_limit_seconds=postfix_time_seconds(table.string("rate_limit", postfix_time)),
+        rate_limit_seconds=postfix_time_seconds(table.string("rate_limit", positive_time)),
         text=text.strip("\n") + "\n",
     )
     table.finish()
     return responder
 
 
-def _parse_transports(relay_table: _Table) -> tuple[Transport, ...]:
+def _fill_placeholders(table: _Table, key: str, template: str, fields: dict[str, str]) -> str:
+    """str.format, restricted to plain {name} fields of `fields`; {iban} required."""
+    known = ", ".join(f"{{{name}}}" for name in fields)
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise table.error(key, template, f"has a broken placeholder ({error})", f"known: {known}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            raise table.error(key, template, f"has an unknown placeholder {{{name}}}", f"known: {known}")
+        names.append(name)
+    if "iban" not in names:
+        raise table.error(key, template, "must contain the placeholder {iban}", "the reply is for the IBAN")
+    return template.format(**fields)
+
+
+def _parse_transports(relay_table: _Table, relay_destinations: tuple[str, ...]) -> tuple[Transport, ...]:
     transports: list[Transport] = []
     seen_destinations: set[str] = set()
     for table in relay_table.tables("transports"):
@@ -496,6 +547,10 @@ def _parse_transports(relay_table: _Table) -> tuple[Transport, ...]:
         if transport.name in (t.name for t in transports):
             raise table.error("name", transport.name, "is the name of another transport")
         for index, destination in enumerate(transport.destinations):
+            if destination in relay_destinations:
+                raise table.error(
+                    f"destinations[{index}]", destination, "is a destination of the relay itself (a mail loop)"
+                )
             if destination in seen_destinations:
                 raise table.error(f"destinations[{index}]", destination, "is routed by another transport already")
             seen_destinations.add(destination)

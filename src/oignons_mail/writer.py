@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from oignons_mail.errors import UserMessageError
@@ -19,13 +20,21 @@ def _target(dest: Path, relative: str) -> Path:
     return path
 
 
-def write_tree(files: RenderedTree, dest: Path) -> list[str]:
-    """Write every file under dest (atomically, each one); return those that changed.
+@dataclass(frozen=True)
+class TreeChanges:
+    """What write_tree did: files written (new or changed) and stale files removed."""
+
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def write_tree(files: RenderedTree, dest: Path) -> TreeChanges:
+    """Write every file under dest (atomically, each one); report what changed.
 
     Files under dest that the tree does not name are removed, so dest is
     exactly the rendering: a stale file must not end up in a package.
     """
-    changed = []
+    changes = TreeChanges()
     for relative, text in sorted(files.items()):
         path = _target(dest, relative)
         if path.is_file() and path.read_text(encoding="utf-8") == text:
@@ -35,11 +44,11 @@ def write_tree(files: RenderedTree, dest: Path) -> list[str]:
             temporary.write(text)
         os.chmod(temporary.name, 0o644)
         os.replace(temporary.name, path)
-        changed.append(relative)
+        changes.written.append(relative)
     for stale in sorted(_existing(dest) - set(files)):
         (dest / stale).unlink()
-        changed.append(stale)
-    return changed
+        changes.removed.append(stale)
+    return changes
 
 
 def diff_tree(files: RenderedTree, dest: Path) -> str:

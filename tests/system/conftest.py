@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.system.debian_system import EXIM4_SYSTEM, DebianSystem, base_tarball
 
 DIST = Path(__file__).resolve().parents[2] / "dist"
 
@@ -23,6 +28,76 @@ def dist() -> Path:
     if not list(DIST.glob("*.deb")):
         pytest.fail(f"no .deb in {DIST}: run `make deb` first (make check does)")
     return DIST
+
+
+@dataclass
+class Installed:
+    """A package installed over exim4, and what the test saw on the way."""
+
+    system: DebianSystem
+    install_log: str
+    postconf_n: str
+    snapshot_after_install: str
+    snapshot_after_reinstall: str
+    reinstall_log: str
+
+    def settings(self) -> dict[str, str]:
+        return main_cf(self.postconf_n)
+
+    def query(self, key: str, table: str) -> str:
+        result = self.system.run(f"postmap -q {key} {table}")
+        return result.stdout.strip()
+
+
+def main_cf(text: str) -> dict[str, str]:
+    """`postconf -n` output as a dict."""
+    settings = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" = ")
+        settings[key] = value
+    return settings
+
+
+# What must not change when a package is configured again.
+SNAPSHOT = r"""
+postconf -n
+echo '--- master.cf'
+postconf -M
+echo '--- files'
+cd /etc/postfix && sha256sum main.cf master.cf oignons-mail/*
+echo '--- aliases'
+postmap -q root $(postconf -xh alias_maps | tr ',' ' ')
+"""
+
+
+@contextmanager
+def installed_over_exim4(dist: Path, package: str, release: str, preseed: str = "") -> Iterator[Installed]:
+    """Install `package` with apt into a fresh standard system of `release`, then reinstall it."""
+    system = DebianSystem(base_tarball(release, EXIM4_SYSTEM), release)
+    try:
+        deb_file = package_file(dist, package)
+        deb = system.copy_in(deb_file, f"/root/{deb_file.name}")
+        install = system.run(
+            f"""set -e
+            apt-get update -q
+            echo '{preseed}' | debconf-set-selections
+            apt-get install -y -q --no-install-recommends {deb}
+            """
+        ).check(f"apt-get install {package} on {release}")
+        postconf_n = system.run("postconf -n").check("postconf -n").stdout
+        before = system.run(SNAPSHOT).check("snapshot").stdout
+        reinstall = system.run(f"apt-get install -y -q --reinstall {deb}").check("reinstall")
+        after = system.run(SNAPSHOT).check("snapshot").stdout
+        yield Installed(
+            system, install.stdout + install.stderr, postconf_n, before, after, reinstall.stdout + reinstall.stderr
+        )
+    finally:
+        system.remove()
+
+
+def package_status(system: DebianSystem, package: str) -> str:
+    result = system.run(f"dpkg-query -W -f='${{db:Status-Status}}' {package} 2>/dev/null || true")
+    return result.stdout.strip() or "not-installed"
 
 
 def package_file(dist: Path, package: str) -> Path:

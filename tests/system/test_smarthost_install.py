@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import package_file
-from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, base_tarball
+from tests.system.conftest import Installed, installed_over_exim4, package_status
+from tests.system.debian_system import RELEASES
 
 PACKAGE = "oignons-mail-smarthost"
 
@@ -38,63 +37,12 @@ WIKI_MAIN_CF = {
 ALIASES_TO_ROOT = ("postmaster", "mailer-daemon", "nobody", "www-data", "daemon", "debian-tor")
 ROOT_ALIAS = "machines@nos-oignons.net"
 
-# What must not change when the package is configured again.
-SNAPSHOT = r"""
-postconf -n
-echo '--- master.cf'
-postconf -M
-echo '--- files'
-cd /etc/postfix && sha256sum main.cf master.cf oignons-mail/aliases oignons-mail/aliases.db
-echo '--- aliases'
-postmap -q root $(postconf -xh alias_maps | tr ',' ' ')
-"""
-
-
-def main_cf(text: str) -> dict[str, str]:
-    settings = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" = ")
-        settings[key] = value
-    return settings
-
-
-def package_status(system: DebianSystem, package: str) -> str:
-    result = system.run(f"dpkg-query -W -f='${{db:Status-Status}}' {package} 2>/dev/null || true")
-    return result.stdout.strip() or "not-installed"
-
-
-@dataclass
-class Installed:
-    system: DebianSystem
-    install_log: str
-    postconf_n: str
-    snapshot_after_install: str
-    snapshot_after_reinstall: str
-    reinstall_log: str
-
 
 @pytest.fixture(scope="module", params=RELEASES)
 def installed(request: pytest.FixtureRequest, dist: Path) -> Iterator[Installed]:
-    release: str = request.param
-    system = DebianSystem(base_tarball(release, EXIM4_SYSTEM), release)
-    try:
-        deb = system.copy_in(package_file(dist, PACKAGE), f"/root/{package_file(dist, PACKAGE).name}")
-        install = system.run(
-            f"""set -e
-            apt-get update -q
-            echo '{PACKAGE} {PACKAGE}/hostname string marcuse' | debconf-set-selections
-            apt-get install -y -q {deb}
-            """
-        ).check(f"apt-get install {PACKAGE} on {release}")
-        postconf_n = system.run("postconf -n").check("postconf -n").stdout
-        before = system.run(SNAPSHOT).check("snapshot").stdout
-        reinstall = system.run(f"apt-get install -y -q --reinstall {deb}").check("reinstall")
-        after = system.run(SNAPSHOT).check("snapshot").stdout
-        yield Installed(
-            system, install.stdout + install.stderr, postconf_n, before, after, reinstall.stdout + reinstall.stderr
-        )
-    finally:
-        system.remove()
+    preseed = f"{PACKAGE} {PACKAGE}/hostname string marcuse"
+    with installed_over_exim4(dist, PACKAGE, request.param, preseed) as result:
+        yield result
 
 
 def test_exim4_is_replaced_by_postfix(installed: Installed) -> None:
@@ -111,7 +59,7 @@ def test_exim4_is_replaced_by_postfix(installed: Installed) -> None:
 
 @pytest.mark.parametrize("key", sorted(WIKI_MAIN_CF))
 def test_main_cf_has_the_wiki_value(installed: Installed, key: str) -> None:
-    settings = main_cf(installed.postconf_n)
+    settings = installed.settings()
     assert settings.get(key) == WIKI_MAIN_CF[key], f"{installed.system.release}: {key} = {settings.get(key)!r}"
 
 

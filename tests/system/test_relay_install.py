@@ -1,0 +1,149 @@
+"""oignons-mail-relay installed over exim4 into real bookworm and trixie systems."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system.conftest import Installed, installed_over_exim4, package_status
+from tests.system.debian_system import RELEASES
+
+PACKAGE = "oignons-mail-relay"
+TABLES = "/etc/postfix/oignons-mail"
+
+# The wiki's "Configuration sur bulbe" to "slow transports", written out by
+# hand so that the test does not trust the renderer it checks.
+WIKI_MAIN_CF = {
+    "myhostname": "bulbe.nos-oignons.net",
+    "mydomain": "bulbe.nos-oignons.net",
+    "mydestination": (
+        "nos-oignons.net, bulbe.nos-oignons.net, nos-oignons.org, bulbe.nos-oignons.org,"
+        " nos-oignons.fr, bulbe.nos-oignons.fr, bulbe.tetaneutral.net, localhost"
+    ),
+    "recipient_delimiter": "+",
+    "local_recipient_maps": f"$alias_maps, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
+    "smtpd_sasl_auth_enable": "no",
+    "smtpd_banner": "$myhostname ESMTP $mail_name (Debian GNU/Oignons)",
+    "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+    "smtpd_tls_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "smtpd_tls_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
+    "smtpd_tls_security_level": "may",
+    "smtpd_tls_session_cache_database": "btree:${data_directory}/smtpd_scache",
+    "smtp_tls_session_cache_database": "btree:${data_directory}/smtp_scache",
+    "smtp_tls_security_level": "dane",
+    "smtp_dns_support_level": "dnssec",
+    "smtpd_milters": "unix:/run/rspamd/milter.sock",
+    "non_smtpd_milters": "$smtpd_milters",
+    "milter_default_action": "accept",
+    "transport_maps": f"hash:{TABLES}/transport, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
+    "schleuder_destination_recipient_limit": "1",
+    "alias_maps": f"hash:{TABLES}/aliases, hash:/etc/aliases",
+    "slow_destination_concurrency_limit": "2",
+    "slow_destination_recipient_limit": "20",
+    "slow_destination_rate_delay": "2s",
+    "yahoo_initial_destination_concurrency": "1",
+    "yahoo_destination_concurrency_limit": "4",
+    "yahoo_destination_recipient_limit": "2",
+    "yahoo_destination_rate_delay": "1s",
+    "default_destination_concurrency_limit": "10",
+}
+MASTER_CF = {
+    "smtps/inet": "smtps inet n - n - - smtpd -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes",
+    "schleuder/unix": (
+        "schleuder unix - n n - - pipe flags=DRhu user=schleuder argv=/usr/bin/schleuder work ${recipient}"
+    ),
+    "slow/unix": "slow unix - - n - 5 smtp",
+    "yahoo/unix": "yahoo unix - - n - 5 smtp",
+}
+ROUTES = {
+    ("orange.fr", "transport"): "slow:",
+    ("yahoo.com", "transport"): "yahoo:",
+    ("machines@nos-oignons.net", "schleuder"): "schleuder:",
+    ("machines-request@nos-oignons.net", "schleuder"): "schleuder:",
+    ("machines-owner@nos-oignons.net", "schleuder"): "schleuder:",
+    ("machines-bounce@nos-oignons.net", "schleuder"): "schleuder:",
+    ("machines-sendkey@nos-oignons.net", "schleuder"): "schleuder:",
+    ("dons@nos-oignons.net", "responder"): "responder:",
+    ("donner@nos-oignons.org", "responder"): "responder:",
+    ("donate@nos-oignons.fr", "responder"): "responder:",
+    ("root", "aliases"): "machines@nos-oignons.net",
+    ("postmaster", "aliases"): "root",
+}
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def installed(request: pytest.FixtureRequest, dist: Path) -> Iterator[Installed]:
+    with installed_over_exim4(dist, PACKAGE, request.param) as result:
+        yield result
+
+
+def test_exim4_is_replaced_by_postfix(installed: Installed) -> None:
+    statuses = {p: package_status(installed.system, p) for p in ("exim4", "exim4-daemon-light", "postfix", PACKAGE)}
+    assert statuses["exim4"] in ("not-installed", "config-files"), statuses
+    assert statuses["exim4-daemon-light"] in ("not-installed", "config-files"), statuses
+    assert (statuses["postfix"], statuses[PACKAGE]) == ("installed", "installed"), installed.install_log[-3000:]
+
+
+@pytest.mark.parametrize("key", sorted(WIKI_MAIN_CF))
+def test_main_cf_has_the_wiki_value(installed: Installed, key: str) -> None:
+    value = installed.settings().get(key)
+    assert value == WIKI_MAIN_CF[key], f"{installed.system.release}: {key} = {value!r}"
+
+
+def test_local_recipients_never_come_from_passwd(installed: Installed) -> None:
+    assert "passwd" not in installed.settings()["local_recipient_maps"]
+
+
+@pytest.mark.parametrize("service", sorted(MASTER_CF))
+def test_master_cf_has_the_service(installed: Installed, service: str) -> None:
+    entry = " ".join(installed.system.run(f"postconf -M {service}").stdout.split())
+    assert entry == MASTER_CF[service]
+
+
+def test_the_responder_runs_as_its_own_unprivileged_user(installed: Installed) -> None:
+    system = installed.system
+    entry = " ".join(system.run("postconf -M responder/unix").stdout.split())
+    assert " pipe flags=Rq user=oignons-responder null_sender= argv=/usr/lib/oignons-mail-relay/responder " in entry
+    user = system.run("getent passwd oignons-responder").check("getent").stdout.split(":")
+    assert int(user[2]) not in (0, 65534), user
+    owner = system.run("stat -c %U:%a /var/lib/oignons-mail-relay/responder").check("stat").stdout.strip()
+    assert owner == "oignons-responder:750"
+    assert system.run("/usr/lib/oignons-mail-relay/responder --help").returncode == 0
+
+
+def test_no_service_is_chrooted(installed: Installed) -> None:
+    fields = installed.system.run("postconf -F '*/*/chroot'").check("postconf -F").stdout.splitlines()
+    assert len(fields) > 10
+    assert [f for f in fields if not f.endswith(" = n")] == []
+
+
+@pytest.mark.parametrize(("key", "table"), sorted(ROUTES))
+def test_tables_route_the_address(installed: Installed, key: str, table: str) -> None:
+    assert installed.query(key, f"hash:{TABLES}/{table}") == ROUTES[(key, table)]
+
+
+def test_confinement_drop_in_serves_the_main_instance_of_both_releases(installed: Installed) -> None:
+    for unit in ("postfix@.service", "postfix.service"):
+        text = installed.system.read(f"/usr/lib/systemd/system/{unit}.d/oignons-mail-relay.conf")
+        assert "NoNewPrivileges=yes" in text
+        assert "ProtectHome=yes" in text
+
+
+def test_rspamd_proxy_worker_listens_on_the_milter_socket(installed: Installed) -> None:
+    text = installed.system.read("/etc/rspamd/local.d/worker-proxy.inc")
+    assert 'bind_socket = "/run/rspamd/milter.sock mode=0660 owner=_rspamd group=postfix";' in text
+
+
+def test_dane_needs_a_resolver_notice(installed: Installed) -> None:
+    assert "DANE (smtp_tls_security_level = dane) needs a local DNSSEC-validating" in installed.install_log
+
+
+def test_postfix_check_is_clean(installed: Installed) -> None:
+    result = installed.system.run("postfix check 2>&1; echo status=$?")
+    assert result.stdout.strip().endswith("status=0"), result.stdout
+
+
+def test_reinstall_changes_nothing(installed: Installed) -> None:
+    assert installed.snapshot_after_reinstall == installed.snapshot_after_install

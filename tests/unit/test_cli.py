@@ -1,0 +1,314 @@
+"""The command line (src/oignons_mail/cli.py), through main([...]): exit statuses, output, files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oignons_mail.cli import main
+from oignons_mail.errors import UserMessageError
+from oignons_mail.writer import TreeChanges, diff_tree, write_tree
+
+REPO = Path(__file__).resolve().parents[2]
+SITE_FILE = REPO / "sites" / "nos-oignons.toml"
+SMARTHOST_FILES = {
+    "smarthost/debconf.templates",
+    "smarthost/main.cf",
+    "smarthost/tables",
+    "smarthost/tables.d/aliases",
+}
+LOGLEVEL_ERROR = "tls.loglevel = 5: not a Postfix TLS log level (0 to 4)"
+
+
+def broken_site(tmp_path: Path) -> Path:
+    """The real site with one broken value: tls.loglevel = 5."""
+    text = SITE_FILE.read_text(encoding="utf-8")
+    assert "\nloglevel = 1\n" in text
+    path = tmp_path / "broken.toml"
+    path.write_text(text.replace("\nloglevel = 1\n", "\nloglevel = 5\n"), encoding="utf-8")
+    return path
+
+
+def files_under(directory: Path) -> set[str]:
+    return {str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file()}
+
+
+def render_into(dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    capsys.readouterr()
+
+
+# -- validate -------------------------------------------------------------------
+
+
+def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(SITE_FILE)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{SITE_FILE}: valid (7 relay destinations, 1 relay pin(s))\n"
+    assert err == ""
+
+
+def test_validate_default_site(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert main(["validate"]) == 0
+    assert capsys.readouterr().out == "sites/nos-oignons.toml: valid (7 relay destinations, 1 relay pin(s))\n"
+
+
+def test_validate_broken_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken_site(tmp_path)
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"oignons-mail: error: {path}: {LOGLEVEL_ERROR}\n"
+
+
+def test_validate_shows_the_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "site.toml"
+    text = SITE_FILE.read_text(encoding="utf-8")
+    path.write_text(text.replace('domain = "nos-oignons.net"', 'domain = "nos-oignons.net."'), encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f'oignons-mail: error: {path}: site.domain = "nos-oignons.net.": not a domain name '
+        "(lower-case labels of letters, digits and '-', at least two labels)\n"
+        "  hint: write it like nos-oignons.net, without a trailing dot\n"
+    )
+
+
+def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nowhere.toml"
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"oignons-mail: error: {path}: no such file\n"
+
+
+# -- render ---------------------------------------------------------------------
+
+
+def test_render_writes_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    out, err = capsys.readouterr()
+    written = files_under(dest)
+    assert written >= SMARTHOST_FILES | {"relay/main.cf"}
+    assert out.splitlines() == [f"wrote {dest / relative}" for relative in sorted(written)]
+    assert err == ""
+    main_cf = (dest / "smarthost" / "main.cf").read_text(encoding="utf-8").splitlines()
+    assert main_cf[0] == "# main.cf settings of oignons-mail-smarthost, generated from nos-oignons.toml."
+    assert "relayhost = bulbe.$mydomain" in main_cf
+    assert "smtp_tls_fingerprint_cert_match = ac:ad:75:7f:58:c3:cf:53:ef:a0:d2:e3:0a:64:3d:e9:a2:c4:58:28" in main_cf
+    assert oct((dest / "smarthost" / "main.cf").stat().st_mode & 0o777) == "0o644"
+
+
+def test_render_again_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_render_broken_site_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken_site(tmp_path)
+    dest = tmp_path / "rendered"
+    assert main(["render", "--site", str(path), str(dest)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"oignons-mail: error: {path}: {LOGLEVEL_ERROR}\n"
+    assert not dest.exists()
+
+
+def test_render_broken_site_leaves_an_existing_tree_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    before = {relative: (dest / relative).read_text(encoding="utf-8") for relative in files_under(dest)}
+    assert main(["render", "--site", str(broken_site(tmp_path)), str(dest)]) == 2
+    assert {relative: (dest / relative).read_text(encoding="utf-8") for relative in files_under(dest)} == before
+
+
+def test_render_diff_after_a_hand_edit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    main_cf = dest / "smarthost" / "main.cf"
+    edited = main_cf.read_text(encoding="utf-8").replace(
+        "relayhost = bulbe.$mydomain\n", "relayhost = [bulbe.nos-oignons.net]\n"
+    )
+    main_cf.write_text(edited, encoding="utf-8")
+
+    assert main(["render", "--diff", "--site", str(SITE_FILE), str(dest)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("--- a/smarthost/main.cf\n+++ b/smarthost/main.cf\n@@ ")
+    assert "\n-relayhost = [bulbe.nos-oignons.net]\n+relayhost = bulbe.$mydomain\n" in out
+    # Only that file differs, and --diff wrote nothing.
+    assert [line for line in out.splitlines() if line.startswith(("--- ", "+++ "))] == [
+        "--- a/smarthost/main.cf",
+        "+++ b/smarthost/main.cf",
+    ]
+    assert main_cf.read_text(encoding="utf-8") == edited
+
+    assert main(["render", "--diff", "--check", "--site", str(SITE_FILE), str(dest)]) == 1
+    assert capsys.readouterr().out == out
+    assert main_cf.read_text(encoding="utf-8") == edited
+
+
+def test_render_diff_check_when_equal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    assert main(["render", "--diff", "--check", "--site", str(SITE_FILE), str(dest)]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_render_diff_into_a_missing_folder_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    assert main(["render", "--diff", "--check", "--site", str(SITE_FILE), str(dest)]) == 1
+    out = capsys.readouterr().out
+    assert "--- /dev/null\n+++ b/smarthost/main.cf\n" in out
+    assert "\n+relayhost = bulbe.$mydomain\n" in out
+    assert not dest.exists()
+
+
+def test_render_removes_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    stale = dest / "smarthost" / "tables.d" / "old-table"
+    stale.write_text("old\n", encoding="utf-8")
+
+    assert main(["render", "--diff", "--check", "--site", str(SITE_FILE), str(dest)]) == 1
+    assert capsys.readouterr().out == "--- a/smarthost/tables.d/old-table\n+++ /dev/null\n@@ -1 +0,0 @@\n-old\n"
+
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert str(stale) in out
+    assert len(out.splitlines()) == 1
+    assert not stale.exists()
+
+
+def test_render_reports_a_removed_file_as_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "rendered"
+    render_into(dest, capsys)
+    stale = dest / "smarthost" / "old-file"
+    stale.write_text("old\n", encoding="utf-8")
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    assert capsys.readouterr().out == f"removed {stale}\n"
+
+
+# -- write_tree / diff_tree directly -----------------------------------------------
+
+
+def test_write_tree_reports_changed_added_and_removed_files(tmp_path: Path) -> None:
+    assert write_tree({"a/one": "1\n", "two": "2\n"}, tmp_path) == TreeChanges(["a/one", "two"], [])
+    (tmp_path / "stale").write_text("x\n", encoding="utf-8")
+    (tmp_path / "a" / "old").write_text("y\n", encoding="utf-8")
+    assert write_tree({"a/one": "1\n", "two": "2, changed\n", "three": "3\n"}, tmp_path) == TreeChanges(
+        ["three", "two"], ["a/old", "stale"]
+    )
+    assert files_under(tmp_path) == {"a/one", "two", "three"}
+    assert (tmp_path / "two").read_text(encoding="utf-8") == "2, changed\n"
+    assert write_tree({"a/one": "1\n", "two": "2, changed\n", "three": "3\n"}, tmp_path) == TreeChanges()
+
+
+def test_diff_tree(tmp_path: Path) -> None:
+    write_tree({"kept": "same\n", "edited": "old\n", "gone": "bye\n"}, tmp_path)
+    assert diff_tree({"kept": "same\n", "edited": "new\n", "added": "hi\n"}, tmp_path) == (
+        "--- /dev/null\n+++ b/added\n@@ -0,0 +1 @@\n+hi\n"
+        "--- a/edited\n+++ b/edited\n@@ -1 +1 @@\n-old\n+new\n"
+        "--- a/gone\n+++ /dev/null\n@@ -1 +0,0 @@\n-bye\n"
+    )
+    assert diff_tree({"kept": "same\n", "edited": "old\n", "gone": "bye\n"}, tmp_path) == ""
+
+
+@pytest.mark.parametrize("relative", ["../escape", "/etc/passwd", "a/../../escape"])
+def test_write_tree_refuses_paths_outside_dest(tmp_path: Path, relative: str) -> None:
+    dest = tmp_path / "dest"
+    with pytest.raises(UserMessageError, match="refusing to write outside"):
+        write_tree({relative: "x\n"}, dest)
+    assert files_under(tmp_path) == set()
+
+
+# -- build ------------------------------------------------------------------------
+
+
+def test_build_broken_site_stops_before_building(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = broken_site(tmp_path)
+    work, dist = tmp_path / "work", tmp_path / "dist"
+    status = main(["build", "--site", str(path), "--source", str(REPO), "--work", str(work), "--dist", str(dist)])
+    assert status == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"oignons-mail: error: {path}: {LOGLEVEL_ERROR}\n"
+    assert not work.exists()
+    assert not dist.exists()
+
+
+# -- usage ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ([], "usage: oignons-mail [-h] COMMAND ..."),
+        (["validate"], "usage: oignons-mail validate [-h] [site]"),
+        (["render"], "usage: oignons-mail render [-h] [--site SITE] [--diff] [--check] dest"),
+        (["build"], "usage: oignons-mail build [-h] [--site SITE] [--source SOURCE] [--work WORK] [--dist DIST]"),
+    ],
+)
+def test_help(
+    command: list[str], usage: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps usage lines to the terminal width
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--help"])
+    assert caught.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(usage + "\n")
+    assert err == ""
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["render"], ["validate", "a.toml", "b.toml"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: oignons-mail")
+
+
+def test_the_pin_command_of_the_hint_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["pin", "--help"])
+    assert caught.value.code == 0
+
+
+def _module(*arguments: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "oignons_mail", *arguments],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_python_m_oignons_mail_help() -> None:
+    result = _module("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: oignons-mail [-h] COMMAND ...\n")
+    for command in ("validate", "render", "build"):
+        assert f"\n    {command} " in result.stdout
+    assert result.stderr == ""
+
+
+def test_python_m_oignons_mail_exit_status_of_a_broken_site(tmp_path: Path) -> None:
+    path = broken_site(tmp_path)
+    result = _module("validate", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"oignons-mail: error: {path}: {LOGLEVEL_ERROR}\n"
