@@ -131,6 +131,9 @@ def smarthost_settings(site: Site) -> list[tuple[str, str]]:
         ("smtp_tls_security_level", "fingerprint"),
         ("smtp_tls_fingerprint_digest", site.smarthost.fingerprint_digest),
         ("smtp_tls_fingerprint_cert_match", " ".join(site.smarthost.relay_pins)),
+        # A client certificate, for the relay's relay_clientcerts.
+        ("smtp_tls_cert_file", site.smarthost.tls_cert_file),
+        ("smtp_tls_key_file", site.smarthost.tls_key_file),
         *tls_client_policy(site),
         *alias_settings(),
     ]
@@ -165,8 +168,13 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         # passwd lookup.  The postinst appends Mailman 3's table when it exists.
         ("local_recipient_maps", postfix.comma_list(["$alias_maps", schleuder, responder])),
         ("smtpd_banner", f"$myhostname ESMTP $mail_name ({relay.banner_suffix})"),
-        # Closed relay: a hard 5xx, not Debian's soft 454 that makes senders retry for days.
-        ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
+        # Closed relay: only local programs and the fleet's nodes (by their
+        # client certificate) relay; everyone else gets a hard 5xx, not
+        # Debian's soft 454 that makes senders retry for days.
+        ("smtpd_relay_restrictions", "permit_mynetworks, permit_tls_clientcerts, reject_unauth_destination"),
+        ("smtpd_tls_ask_ccert", "yes"),
+        ("smtpd_tls_fingerprint_digest", "sha256"),
+        ("relay_clientcerts", postfix.table("relay_clientcerts")),
         ("smtpd_sasl_auth_enable", "no"),
         ("smtpd_tls_cert_file", relay.tls_cert_file),
         ("smtpd_tls_key_file", relay.tls_key_file),
@@ -251,6 +259,7 @@ def relay_tables(site: Site) -> list[Table]:
     ]
     return [
         alias_table(site),
+        Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
         Table("schleuder", "postmap", postfix.map_lines(schleuder)),
         Table("responder", "postmap", postfix.map_lines(responder)),

@@ -76,6 +76,9 @@ class Relay:
     tls_key_file: str
     rspamd_milter_socket: str
     schleuder_lists: tuple[str, ...]
+    # Tor nodes that may relay to any address, by the sha256 pin of their
+    # TLS client certificate's public key: ((node, pin), ...).
+    node_pins: tuple[tuple[str, str], ...]
     default_destination_concurrency_limit: int
     responder: Responder
     transports: tuple[Transport, ...]
@@ -87,6 +90,9 @@ class Smarthost:
 
     fingerprint_digest: Digest
     relay_pins: tuple[str, ...]  # lower-case hex, colon-separated bytes
+    # The client certificate a node presents to the relay.
+    tls_cert_file: str
+    tls_key_file: str
 
 
 @dataclass(frozen=True)
@@ -366,6 +372,20 @@ class _Table:
             result.append(normalised)
         return tuple(result)
 
+    def mapping(
+        self, name: str, check_key: Callable[[str], str], check_value: Callable[[str], str]
+    ) -> tuple[tuple[str, str], ...]:
+        """An inline table of strings ({ name = "value", ... }), as sorted pairs."""
+        values = cast(dict[str, object], self._raw(name, dict, "a table of strings", False))
+        result = []
+        for key, value in sorted(values.items()):
+            item_key = f"{name}.{key}"
+            self._check(item_key, key, check_key)
+            if not isinstance(value, str):
+                raise self.error(item_key, value, "must be a string")
+            result.append((key, self._check(item_key, value, check_value)))
+        return tuple(result)
+
     def table(self, name: str) -> _Table:
         return _Table(self.file, self.key(name), cast(dict[str, object], self._raw(name, dict, "a table", False)))
 
@@ -479,6 +499,7 @@ def _parse_relay(table: _Table) -> Relay:
         tls_key_file=table.string("tls_key_file", absolute_path),
         rspamd_milter_socket=table.string("rspamd_milter_socket", milter_socket),
         schleuder_lists=schleuder_lists,
+        node_pins=table.mapping("node_pins", host_label, lambda pin: fingerprint(pin, "sha256")),
         default_destination_concurrency_limit=table.integer("default_destination_concurrency_limit"),
         responder=_parse_responder(table.table("responder"), destinations),
         transports=_parse_transports(table, destinations),
@@ -564,6 +585,8 @@ def _parse_smarthost(table: _Table) -> Smarthost:
     smarthost = Smarthost(
         fingerprint_digest=cast(Digest, digest),
         relay_pins=table.strings("relay_pins", lambda pin: fingerprint(pin, digest)),
+        tls_cert_file=table.string("tls_cert_file", absolute_path),
+        tls_key_file=table.string("tls_key_file", absolute_path),
     )
     table.finish()
     return smarthost

@@ -26,7 +26,11 @@ WIKI_MAIN_CF = {
     "local_recipient_maps": f"$alias_maps, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
     "smtpd_sasl_auth_enable": "no",
     "smtpd_banner": "$myhostname ESMTP $mail_name (Debian GNU/Oignons)",
-    "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+    # Closed relay: a hard 5xx for strangers; the nodes relay by client certificate.
+    "smtpd_relay_restrictions": "permit_mynetworks, permit_tls_clientcerts, reject_unauth_destination",
+    "smtpd_tls_ask_ccert": "yes",
+    "smtpd_tls_fingerprint_digest": "sha256",
+    "relay_clientcerts": f"hash:{TABLES}/relay_clientcerts",
     "smtpd_tls_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
     "smtpd_tls_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
     "smtpd_tls_security_level": "may",

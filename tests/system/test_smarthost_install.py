@@ -27,6 +27,9 @@ WIKI_MAIN_CF = {
     "smtp_tls_security_level": "fingerprint",
     "smtp_tls_fingerprint_digest": "sha1",
     "smtp_tls_fingerprint_cert_match": "ac:ad:75:7f:58:c3:cf:53:ef:a0:d2:e3:0a:64:3d:e9:a2:c4:58:28",
+    # A client certificate for the relay's relay_clientcerts (not in the wiki: see README).
+    "smtp_tls_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "smtp_tls_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
     # The wiki's "!SSLv2, !SSLv3, !TLSv1" meant "only good protocols": today that is >=TLSv1.2.
     "smtp_tls_mandatory_protocols": ">=TLSv1.2",
     "smtp_tls_exclude_ciphers": "NULL, MD5, DES, RC4",
