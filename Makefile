@@ -63,3 +63,6 @@ system-test: check-deps deb
 
 clean:
 	rm -rf build dist
+
+# QA (piuparts, sbuild, autopkgtest) and end-to-end mail tests live in their own files.
+include $(wildcard mk/*.mk)
