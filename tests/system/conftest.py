@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from debian.deb822 import Deb822
 
 from tests.system.debian_system import EXIM4_SYSTEM, DebianSystem, base_tarball
 
@@ -105,3 +108,29 @@ def package_file(dist: Path, package: str) -> Path:
     if len(matches) != 1:
         pytest.fail(f"expected one {package}_*_all.deb in {dist}, found {[m.name for m in matches]}")
     return matches[0]
+
+
+def next_version(deb: Path, work: Path, edit_main_cf: Callable[[str], str]) -> Path:
+    """Version N+1 of a built package: its rendered main.cf edited, its version raised.
+
+    This is what a new release of the packages looks like to the host: the
+    same maintainer scripts with other rendered data.
+    """
+    tree = work / "next"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=60)
+    control_path = tree / "DEBIAN" / "control"
+    control = Deb822(control_path.read_text(encoding="utf-8"))
+    package = control["Package"]
+    control["Version"] = f"{control['Version']}+next1"
+    control_path.write_text(str(control), encoding="utf-8")
+    main_cf_path = tree / "usr" / "share" / package / "main.cf"
+    main_cf_path.write_text(edit_main_cf(main_cf_path.read_text(encoding="utf-8")), encoding="utf-8")
+    # Keep md5sums true to the files, as dh_md5sums would.
+    sums = []
+    for line in (tree / "DEBIAN" / "md5sums").read_text(encoding="utf-8").splitlines():
+        _, name = line.split(None, 1)
+        sums.append(f"{hashlib.md5((tree / name).read_bytes()).hexdigest()}  {name}")  # noqa: S324 - dpkg's format
+    (tree / "DEBIAN" / "md5sums").write_text("\n".join(sums) + "\n", encoding="utf-8")
+    target = work / f"{package}_{control['Version']}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(target)], check=True, timeout=60)
+    return target

@@ -249,6 +249,35 @@ class Case:
 
 
 CASES = [
+    # relay.node_pins: node name -> sha256 pin of its client certificate
+    Case(
+        "node-pin-bad-node-name",
+        set_("relay", "node_pins", {"Marcuse!": "ab" * 32}),
+        "relay.node_pins.Marcuse!",
+        '"Marcuse!"',
+        "not a host name label (letters, digits and '-', at most 63)",
+    ),
+    Case(
+        "node-pin-sha1-length",
+        set_("relay", "node_pins", {"marcuse": "ab" * 20}),
+        "relay.node_pins.marcuse",
+        '"' + "ab" * 20 + '"',
+        "not hex of a sha256 digest (32 bytes: 64 hex digits, colons between bytes optional)",
+    ),
+    Case(
+        "node-pin-not-a-string",
+        set_("relay", "node_pins", {"marcuse": 42}),
+        "relay.node_pins.marcuse",
+        "42",
+        "must be a string",
+    ),
+    Case(
+        "node-pins-not-a-table",
+        set_("relay", "node_pins", ["marcuse"]),
+        "relay.node_pins",
+        "['marcuse']",
+        "must be a table of strings",
+    ),
     # unknown keys
     Case(
         "unknown-top-level",
