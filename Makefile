@@ -10,7 +10,8 @@ export DEBIAN_FRONTEND = noninteractive
 
 SITE ?= sites/nos-oignons.toml
 PYTHON = /usr/bin/python3
-TOOL = PYTHONPATH=src $(PYTHON) -m oignons_mail
+TOOL_PYTHONPATH = PYTHONPATH=src
+TOOL = $(TOOL_PYTHONPATH) $(PYTHON) -m oignons_mail
 VENV = build/venv
 APT_INSTALL = apt-get install -y --no-install-recommends
 # Lint tools pinned so that a new release cannot break `make check` by itself.
@@ -23,7 +24,7 @@ CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-venv pytho
 
 SHELL_SCRIPTS = scripts/postfix-apply debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
 
-.PHONY: deb check unit lint lintian system-test build-deps check-deps clean
+.PHONY: deb check unit lint lintian system-test build-deps check-deps clean bench
 
 deb: build-deps
 	$(TOOL) build --site $(SITE)
@@ -49,7 +50,8 @@ unit: check-deps
 	$(PYTHON) -m pytest tests -m "not system"
 
 lint: check-deps
-	$(VENV)/bin/ruff check src tests scripts/oignons_mail_responder.py
+	$(VENV)/bin/ruff check src tests bench scripts/oignons_mail_responder.py
+	$(VENV)/bin/ruff format --check src tests bench scripts/oignons_mail_responder.py
 	$(VENV)/bin/mypy
 	shellcheck -s sh $(SHELL_SCRIPTS)
 	$(TOOL) validate $(SITE)
@@ -66,3 +68,7 @@ clean:
 
 # QA (piuparts, sbuild, autopkgtest) and end-to-end mail tests live in their own files.
 include $(wildcard mk/*.mk)
+
+# Figures, not tests: timings of validation and rendering, package sizes.
+bench:
+	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
