@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from debian.deb822 import Deb822
 
-from tests.system.debian_system import EXIM4_SYSTEM, DebianSystem, base_tarball
+from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, base_tarball
 
 DIST = Path(__file__).resolve().parents[2] / "dist"
 
@@ -71,6 +71,41 @@ cd /etc/postfix && sha256sum main.cf master.cf oignons-mail/*
 echo '--- aliases'
 postmap -q root $(postconf -xh alias_maps | tr ',' ' ')
 """
+
+
+PACKAGES = ("oignons-mail-smarthost", "oignons-mail-relay")
+# Every (package, release) pair, for fixtures that test both packages on both releases.
+PACKAGE_RELEASES = [(package, release) for package in PACKAGES for release in RELEASES]
+# Without a host name the smarthost's postinst stops (the relay ignores it).
+PRESEED_NODE_NAME = (
+    "echo 'oignons-mail-smarthost oignons-mail-smarthost/hostname string marcuse' | debconf-set-selections"
+)
+
+
+def package_release_id(param: tuple[str, str]) -> str:
+    return f"{param[0].removeprefix('oignons-mail-')}-{param[1]}"
+
+
+@contextmanager
+def configured_postfix(release: str, administrator_commands: str) -> Iterator[DebianSystem]:
+    """A standard system whose administrator replaced exim4 with Postfix, then ran some commands."""
+    system = DebianSystem(base_tarball(release, EXIM4_SYSTEM), release)
+    try:
+        system.run(
+            f"""set -e
+            apt-get update -q
+            apt-get install -y -q postfix exim4-base- exim4-config- exim4-daemon-light- exim4-
+            {administrator_commands}
+            """
+        ).check(f"install and configure postfix on {release}")
+        yield system
+    finally:
+        system.remove()
+
+
+def copy_package(system: DebianSystem, deb_file: Path) -> str:
+    """Put a .deb into the system; its path there."""
+    return system.copy_in(deb_file, f"/root/{deb_file.name}")
 
 
 @contextmanager

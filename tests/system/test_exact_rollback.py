@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import package_file
-from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, Result, base_tarball
+from tests.system.conftest import (
+    PACKAGE_RELEASES,
+    PRESEED_NODE_NAME,
+    configured_postfix,
+    copy_package,
+    package_file,
+    package_release_id,
+)
+from tests.system.debian_system import Result
 
 # Keys both packages set, with values neither package uses, plus a master.cf
 # service of the administrator's and a chroot setting the relay changes.
@@ -38,25 +45,11 @@ class Rollback:
     leftovers: Result
 
 
-@pytest.fixture(
-    scope="module",
-    params=[(p, r) for p in ("oignons-mail-smarthost", "oignons-mail-relay") for r in RELEASES],
-    ids=lambda param: f"{param[0].removeprefix('oignons-mail-')}-{param[1]}",
-)
+@pytest.fixture(scope="module", params=PACKAGE_RELEASES, ids=package_release_id)
 def rollback(request: pytest.FixtureRequest, dist: Path) -> Iterator[Rollback]:
     package, release = request.param
-    system = DebianSystem(base_tarball(release, EXIM4_SYSTEM), release)
-    try:
-        deb_file = package_file(dist, package)
-        deb = system.copy_in(deb_file, f"/root/{deb_file.name}")
-        system.run(
-            f"""set -e
-            apt-get update -q
-            apt-get install -y -q postfix exim4-base- exim4-config- exim4-daemon-light- exim4-
-            {ADMIN_CONFIGURATION}
-            echo 'oignons-mail-smarthost oignons-mail-smarthost/hostname string marcuse' | debconf-set-selections
-            """
-        ).check("configure postfix")
+    with configured_postfix(release, ADMIN_CONFIGURATION + PRESEED_NODE_NAME) as system:
+        deb = copy_package(system, package_file(dist, package))
         before = system.run(SETTINGS).check("settings").stdout
         system.run(f"apt-get install -y -q --no-install-recommends {deb}").check(f"install {package}")
         installed = system.run(SETTINGS).check("settings").stdout
@@ -64,8 +57,6 @@ def rollback(request: pytest.FixtureRequest, dist: Path) -> Iterator[Rollback]:
         purged = system.run(SETTINGS).check("settings").stdout
         leftovers = system.run(f"ls -d /var/lib/{package} /etc/postfix/oignons-mail /etc/postfix/.*stage* 2>&1")
         yield Rollback(before, installed, purged, purge, leftovers)
-    finally:
-        system.remove()
 
 
 def test_the_package_changed_the_configuration(rollback: Rollback) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import package_file
-from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, Result, base_tarball
+from tests.system.conftest import configured_postfix, copy_package, package_file
+from tests.system.debian_system import RELEASES, DebianSystem, Result
 
 PACKAGE = "oignons-mail-smarthost"
 # Everything the package may touch, byte for byte, and as Postfix reads it.
@@ -45,17 +45,8 @@ def state(system: DebianSystem) -> str:
 
 @pytest.fixture(scope="module", params=RELEASES)
 def story(request: pytest.FixtureRequest, dist: Path) -> Iterator[Story]:
-    system = DebianSystem(base_tarball(request.param, EXIM4_SYSTEM), request.param)
-    try:
-        deb_file = package_file(dist, PACKAGE)
-        deb = system.copy_in(deb_file, f"/root/{deb_file.name}")
-        system.run(
-            f"""set -e
-            apt-get update -q
-            apt-get install -y -q postfix exim4-base- exim4-config- exim4-daemon-light- exim4-
-            {ADMIN_VALUES}
-            """
-        ).check("install postfix")
+    with configured_postfix(request.param, ADMIN_VALUES) as system:
+        deb = copy_package(system, package_file(dist, PACKAGE))
         before = state(system)
         bad_hostname = system.run(
             f"""echo '{PACKAGE} {PACKAGE}/hostname string -marcuse-' | debconf-set-selections
@@ -77,8 +68,6 @@ def story(request: pytest.FixtureRequest, dist: Path) -> Iterator[Story]:
         after_failed_check = state(system)
         system.run(f"rm {data} && dpkg-reconfigure -f noninteractive {PACKAGE}").check("reconfigure")
         yield Story(before, bad_hostname, after_bad_hostname, configured, failed_check, after_failed_check)
-    finally:
-        system.remove()
 
 
 def test_a_bad_host_name_fails_with_a_clear_message(story: Story) -> None:

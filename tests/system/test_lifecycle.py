@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import main_cf, next_version, package_file
-from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, Result, base_tarball
+from tests.system.conftest import (
+    PACKAGE_RELEASES,
+    PRESEED_NODE_NAME,
+    configured_postfix,
+    copy_package,
+    main_cf,
+    next_version,
+    package_file,
+    package_release_id,
+)
+from tests.system.debian_system import DebianSystem, Result
 
 # Keys the packages set (relayhost: the smarthost; smtpd_banner: the relay;
 # the TLS ones: both) and keys they do not.
@@ -53,27 +62,13 @@ def settings(system: DebianSystem) -> dict[str, str]:
     return main_cf(system.run("postconf -n").check("postconf -n").stdout)
 
 
-@pytest.fixture(
-    scope="module",
-    params=[(p, r) for p in ("oignons-mail-smarthost", "oignons-mail-relay") for r in RELEASES],
-    ids=lambda param: f"{param[0].removeprefix('oignons-mail-')}-{param[1]}",
-)
+@pytest.fixture(scope="module", params=PACKAGE_RELEASES, ids=package_release_id)
 def life(request: pytest.FixtureRequest, dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Life]:
     package, release = request.param
-    system = DebianSystem(base_tarball(release, EXIM4_SYSTEM), release)
-    try:
+    with configured_postfix(release, f"{ADMIN_VALUES}\n{PRESEED_NODE_NAME}") as system:
         deb_file = package_file(dist, package)
-        deb = system.copy_in(deb_file, f"/root/{deb_file.name}")
-        next_file = next_version(deb_file, tmp_path_factory.mktemp(package), upgrade_edit)
-        next_deb = system.copy_in(next_file, f"/root/{next_file.name}")
-        system.run(
-            f"""set -e
-            apt-get update -q
-            apt-get install -y -q postfix exim4-base- exim4-config- exim4-daemon-light- exim4-
-            {ADMIN_VALUES}
-            echo 'oignons-mail-smarthost oignons-mail-smarthost/hostname string marcuse' | debconf-set-selections
-            """
-        ).check("install postfix")
+        deb = copy_package(system, deb_file)
+        next_deb = copy_package(system, next_version(deb_file, tmp_path_factory.mktemp(package), upgrade_edit))
         before = settings(system)
         system.run(f"apt-get install -y -q --no-install-recommends {deb}").check(f"install {package}")
         installed = settings(system)
@@ -103,8 +98,6 @@ def life(request: pytest.FixtureRequest, dist: Path, tmp_path_factory: pytest.Te
             removal,
             removed,
         )
-    finally:
-        system.remove()
 
 
 def test_reinstalling_postfix_keeps_every_setting(life: Life) -> None:
