@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from tests.e2e.testbed import Artifacts, Testbed, build_artifacts, testbed  # noqa: E402
+from tests.e2e.machines import sweep_killed_runs  # noqa: E402
+from tests.e2e.testbed import Artifacts, Testbed, build_artifacts, prefetch_base_systems, testbed  # noqa: E402
 
 ENABLE_VARIABLE = "OIGNONS_MAIL_E2E"
 # The two runs: each release once as the relay, the other as the smarthost.
@@ -30,6 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "e2e: boots two Debian systems with systemd-nspawn and sends real mail (make e2e)"
     )
+    if os.environ.get(ENABLE_VARIABLE) == "1":
+        # A run stopped by SIGTERM or SIGHUP (a CI time-out, a closed terminal)
+        # unwinds like one stopped by Ctrl-C: pytest then tears the test beds
+        # down (containers, namespaces, directories).
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, _interrupt)
+
+
+def _interrupt(number: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(number).name}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,7 +62,11 @@ def artifacts() -> Artifacts:
     missing = [program for program in HOST_TOOLS if shutil.which(program) is None]
     if missing:
         pytest.fail(f"missing host tools: {', '.join(missing)} (make e2e installs them)")
-    return build_artifacts()
+    for leftover in sweep_killed_runs():
+        print(f"removed the leftover of a killed run: {leftover}")
+    # The base systems (cached; built the first time) while the packages build.
+    with prefetch_base_systems(PAIRS):
+        return build_artifacts()
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=[f"relay-{r}+smarthost-{s}" for r, s in PAIRS])

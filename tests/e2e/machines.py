@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -28,6 +30,11 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from tests.system.debian_system import DebianSystem, Result
+
+# Every name a run gives the host (network namespaces, machine names) starts
+# with this prefix and the pytest process's PID, so that a later run can tell
+# the leftovers of a killed run (whose PID is gone) from a live one.
+RUN_PREFIX = "oe2e"
 
 RELAY_ADDRESS = "10.237.0.1"
 SMARTHOST_ADDRESS = "10.237.0.2"
@@ -100,7 +107,8 @@ class TestNetwork:
     __test__ = False  # not a pytest test class
 
     @classmethod
-    def named(cls, prefix: str) -> TestNetwork:
+    def for_run(cls, pid: int) -> TestNetwork:
+        prefix = f"{RUN_PREFIX}{pid}"
         return cls(f"{prefix}-bulbe", f"{prefix}-marcuse", f"{prefix}-world")
 
     @property
@@ -207,20 +215,7 @@ class Container:
     def _find_init(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"systemd-nspawn for {self.machine} is not running:\n{self.boot_log()}")
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            pids = [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return None
-        for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
-            if len(nspid) == 2 and nspid[1] == "1":
-                return pid
-        return None
+        return _container_init(self.process.pid)
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> str:
         """Wait for the end of the boot; return systemctl is-system-running's answer."""
@@ -306,3 +301,75 @@ def stop_all(containers: Sequence[Container], timeout: float = POWEROFF_TIMEOUT)
 def _signal(pid: int, number: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, number)
+
+
+def machine_name(role: str, pid: int) -> str:
+    return f"{RUN_PREFIX}-{role}-{pid}"
+
+
+def sweep_killed_runs() -> list[str]:
+    """Undo what runs killed without a chance to clean up (SIGKILL) left behind.
+
+    A run's containers and namespaces carry its pytest PID (RUN_PREFIX); those
+    of a PID that no longer exists are powered off hard (SIGKILL to the
+    container's init ends its PID namespace and so its mounts), their system
+    directories removed, their namespaces deleted.  Returns what was swept.
+    """
+    swept: list[str] = []
+    pattern = re.compile(rf"^--machine={RUN_PREFIX}-\w+-(\d+)$")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith("systemd-nspawn"):
+            continue
+        owners = [int(m.group(1)) for m in map(pattern.match, argv) if m]
+        if not owners or _run_alive(owners[0]):
+            continue
+        directory = next((a.split("=", 1)[1] for a in argv if a.startswith("--directory=")), None)
+        nspawn = int(proc.name)
+        init = _container_init(nspawn)
+        _signal(init if init is not None else nspawn, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{nspawn}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        swept.append(f"container of dead run {owners[0]} (systemd-nspawn {nspawn})")
+        if directory and Path(directory).name.startswith("oignons-mail-") and not Path(f"/proc/{nspawn}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            swept.append(directory)
+    netns = Path("/run/netns")
+    for namespace in sorted(netns.iterdir()) if netns.is_dir() else []:
+        found = re.match(rf"^{RUN_PREFIX}(\d+)-", namespace.name)
+        if found and not _run_alive(int(found.group(1))):
+            run(["ip", "netns", "del", namespace.name], timeout=30)
+            swept.append(f"network namespace {namespace.name}")
+    return swept
+
+
+def _run_alive(pid: int) -> bool:
+    """Whether the test run of that PID still runs (a reused PID runs something else)."""
+    try:
+        return b"pytest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _container_init(nspawn_pid: int) -> int | None:
+    """The host PID of the child of systemd-nspawn that is PID 1 of its namespace."""
+    try:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) == 2 and nspid[1] == "1":
+            return int(child)
+    return None

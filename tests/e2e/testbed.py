@@ -22,7 +22,8 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,22 @@ def build_artifacts(work: Path = WORK) -> Artifacts:
     return Artifacts(
         work, site_file, load_site(site_file), relay_key, node_key, stranger_key, debs["relay"][0], debs["smarthost"][0]
     )
+
+
+@contextmanager
+def prefetch_base_systems(pairs: Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Build the missing cached base systems of every pair in the background.
+
+    mmdebstrap waits mostly on downloads and dpkg: two at a time, beside the
+    package build, save minutes on a first run.  The body runs meanwhile; on
+    exit every build has ended (a failure shows again, with its reason, when
+    the test bed asks for that base system).
+    """
+    wanted = sorted({(relay, RELAY_PACKAGES) for relay, _ in pairs} | {(node, SMARTHOST_PACKAGES) for _, node in pairs})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for release, packages in wanted:
+            pool.submit(base_tarball, release, packages)
+        yield
 
 
 # --- The test network's own settings (never part of the packages) ---------
@@ -461,12 +478,12 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         for system in (relay_system, smarthost_system):
             (system.root / "usr/sbin/policy-rc.d").unlink()  # the booted systems start their daemons
 
-        network = TestNetwork.named(f"oe2e{os.getpid()}")
+        network = TestNetwork.for_run(os.getpid())
         cleanup.append(("delete the network namespaces", network.destroy))
         network.create()
-        relay = Container(relay_system, f"oe2e-bulbe-{os.getpid()}", RELAY_HOSTNAME, network.relay,
+        relay = Container(relay_system, machines.machine_name("bulbe", os.getpid()), RELAY_HOSTNAME, network.relay,
                           run_directory / "relay-console.log")  # fmt: skip
-        smarthost = Container(smarthost_system, f"oe2e-marcuse-{os.getpid()}", SMARTHOST_HOSTNAME,
+        smarthost = Container(smarthost_system, machines.machine_name("marcuse", os.getpid()), SMARTHOST_HOSTNAME,
                               network.smarthost, run_directory / "smarthost-console.log")  # fmt: skip
         cleanup.append(("power the systems off", lambda: machines.stop_all([relay, smarthost])))
         cleanup.append(("save the relay's journal", lambda: _save_journal(relay, run_directory / "relay-journal.txt")))
