@@ -345,9 +345,24 @@ def sweep_killed_runs() -> list[str]:
     for namespace in sorted(netns.iterdir()) if netns.is_dir() else []:
         found = re.match(rf"^{RUN_PREFIX}(\d+)-", namespace.name)
         if found and not _run_alive(int(found.group(1))):
+            # What still runs there (the SMTP sink) would keep the namespace alive.
+            for pid in _processes_in_network_namespace(namespace):
+                _signal(pid, signal.SIGKILL)
+                swept.append(f"process {pid} in {namespace.name}")
             run(["ip", "netns", "del", namespace.name], timeout=30)
             swept.append(f"network namespace {namespace.name}")
     return swept
+
+
+def _processes_in_network_namespace(namespace: Path) -> list[int]:
+    wanted = f"net:[{namespace.stat().st_ino}]"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "ns/net") == wanted:
+                    found.append(int(proc.name))
+    return found
 
 
 def _run_alive(pid: int) -> bool:
