@@ -50,6 +50,13 @@ HOST_ENVIRONMENT = {
     "HOME": "/root",
     "DEBIAN_FRONTEND": "noninteractive",
 }
+# The containers get the unified cgroup hierarchy (cgroup v2) even on a host
+# that runs the hybrid one, as these machines do: trixie's systemd 257 in a
+# hybrid container sometimes fails its first units at boot ("Failed to spawn
+# executor: No such file or directory" for systemd-remount-fs.service, the
+# cgroup not yet there on the unified side), and cgroup v2 is what both
+# releases use on real hosts.
+NSPAWN_ENVIRONMENT = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
 COMMAND_TIMEOUT = 120.0
 BOOT_TIMEOUT = 180.0
 POWEROFF_TIMEOUT = 60.0
@@ -199,7 +206,7 @@ class Container:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=HOST_ENVIRONMENT,
+            env={**HOST_ENVIRONMENT, **NSPAWN_ENVIRONMENT},
             start_new_session=True,  # a Ctrl-C of the test run does not reach the container
         )
 
