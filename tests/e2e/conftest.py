@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from tests.e2e.machines import sweep_killed_runs  # noqa: E402
+from tests.e2e.machines import leftovers_of_run, sweep_killed_runs  # noqa: E402
 from tests.e2e.testbed import Artifacts, Testbed, build_artifacts, prefetch_base_systems, testbed  # noqa: E402
 
 ENABLE_VARIABLE = "OIGNONS_MAIL_E2E"
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> Artifacts:
+def artifacts() -> Iterator[Artifacts]:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests boot containers and make network namespaces: run them as root (make e2e)")
     missing = [program for program in HOST_TOOLS if shutil.which(program) is None]
@@ -66,7 +66,11 @@ def artifacts() -> Artifacts:
         print(f"removed the leftover of a killed run: {leftover}")
     # The base systems (cached; built the first time) while the packages build.
     with prefetch_base_systems(PAIRS):
-        return build_artifacts()
+        built = build_artifacts()
+    yield built
+    # Torn down last, after every test bed: the run must have undone all it made.
+    leftovers = leftovers_of_run(os.getpid())
+    assert leftovers == [], "the end-to-end run left behind:\n" + "\n".join(leftovers)
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=[f"relay-{r}+smarthost-{s}" for r, s in PAIRS])

@@ -149,7 +149,7 @@ class TestNetwork:
         run(["ip", "-n", namespace, *arguments]).check(f"ip -n {namespace} {' '.join(arguments)}")
 
     def address(self, namespace: str, link: str, address: str) -> None:
-        # nodad: the address is usable at once, no duplicate detection wait.
+        # IPv4 only: no duplicate address detection, the address works at once.
         self.ip(namespace, "address", "add", f"{address}/{PREFIX}", "dev", link)
 
     def execute(self, namespace: str, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT,
@@ -226,8 +226,8 @@ class Container:
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> str:
         """Wait for the end of the boot; return systemctl is-system-running's answer."""
-        pid = self.init_pid
-        del pid
+        # Find systemd first: fails at once, with the console log, if nspawn died.
+        _ = self.init_pid
 
         def state() -> str | None:
             result = self.run("systemctl is-system-running", timeout=30)
@@ -359,6 +359,40 @@ def sweep_killed_runs() -> list[str]:
             run(["ip", "netns", "del", namespace.name], timeout=30)
             swept.append(f"network namespace {namespace.name}")
     return swept
+
+
+def leftovers_of_run(pid: int) -> list[str]:
+    """What the run of that PID still has on the host: nothing, once its test beds are torn down."""
+    found = []
+    netns = Path("/run/netns")
+    prefix = f"{RUN_PREFIX}{pid}-"
+    found += [
+        f"network namespace {n.name}" for n in (netns.iterdir() if netns.is_dir() else []) if n.name.startswith(prefix)
+    ]
+    sink = str(Path(__file__).with_name("smtp_sink.py"))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        container = argv[0].endswith("systemd-nspawn") and any(
+            a.startswith(f"--machine={RUN_PREFIX}-") and a.endswith(f"-{pid}") for a in argv
+        )
+        # The sink runs as a child of the test run (orphaned: of PID 1).
+        our_sink = sink in argv and _parent(int(proc.name)) in (pid, 1)
+        if container or our_sink:
+            found.append(f"process {proc.name}: {' '.join(argv)}")
+    return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None)
 
 
 def _processes_in_network_namespace(namespace: Path) -> list[int]:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -300,16 +301,12 @@ def set_network_files(system: DebianSystem, hostname: str, address: str, nameser
 def install_package(system: DebianSystem, deb: Path, preseed: str = "") -> str:
     target = system.copy_in(deb, f"/root/{deb.name}")
     result = system.run(
-        f"set -e\nprintf '%s\\n' {_sh_quote(preseed)} | debconf-set-selections\ndpkg -i {target}\n"
+        f"set -e\nprintf '%s\\n' {shlex.quote(preseed)} | debconf-set-selections\ndpkg -i {target}\n"
         if preseed
         else f"set -e\ndpkg -i {target}\n"
     )
     result.check(f"dpkg -i {deb.name} on {system.release}")
     return result.stdout + result.stderr
-
-
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> str:
