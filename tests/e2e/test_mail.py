@@ -341,6 +341,7 @@ def test_donation_responder_replies_once_with_the_iban(bed: Testbed) -> None:
         ("auto-replied", ("--header", "Auto-Submitted: auto-replied")),
         ("bulk", ("--header", "Precedence: bulk")),
     ],
+    ids=["null-sender", "auto-replied", "bulk"],
 )
 def test_donation_responder_ignores_automatic_mail(bed: Testbed, label: str, extra: tuple[str, ...]) -> None:
     sender = "" if label == "null-sender" else f"{label}-sender@{OUTSIDE_DOMAIN}"
