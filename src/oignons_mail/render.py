@@ -237,8 +237,16 @@ def relay_master_cf(site: Site) -> list[str]:
                 "${original_recipient}",
             ),
         ),
+        # Each throttled transport logs under its own name (postfix/slow/smtp),
+        # so that the mail log tells which deliveries it carried.
         *(
-            postfix.master_cf_entry(t.name, "unix", "smtp", process_limit=str(t.process_limit))
+            postfix.master_cf_entry(
+                t.name,
+                "unix",
+                "smtp",
+                process_limit=str(t.process_limit),
+                arguments=("-o", f"syslog_name=postfix/{t.name}"),
+            )
             for t in site.relay.transports
         ),
     ]

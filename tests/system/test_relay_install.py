@@ -58,8 +58,8 @@ MASTER_CF = {
     "schleuder/unix": (
         "schleuder unix - n n - - pipe flags=DRhu user=schleuder argv=/usr/bin/schleuder work ${recipient}"
     ),
-    "slow/unix": "slow unix - - n - 5 smtp",
-    "yahoo/unix": "yahoo unix - - n - 5 smtp",
+    "slow/unix": "slow unix - - n - 5 smtp -o syslog_name=postfix/slow",
+    "yahoo/unix": "yahoo unix - - n - 5 smtp -o syslog_name=postfix/yahoo",
 }
 ROUTES = {
     ("orange.fr", "transport"): "slow:",

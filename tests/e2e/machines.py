@@ -1,0 +1,431 @@
+"""The test network and the booted systems of the end-to-end tests.
+
+Three network namespaces, made with `ip netns`:
+
+    marcuse (smarthost) 10.237.0.2 ──veth── 10.237.0.1 bulbe (relay) 10.237.1.1 ──veth── 10.237.1.2-4 world
+
+"world" stands for the rest of the Internet: no container runs there, only the
+harness's SMTP sink (10.237.1.2, the MX of the fake outside domains) and its
+SMTP clients (10.237.1.3 is on the test blocklist, 10.237.1.4 is not).  No
+namespace has a default route: nothing leaves the test network.
+
+Each system boots with systemd as PID 1 (`systemd-nspawn -b`) in its own
+namespace; commands run inside it through nsenter.  Every wait is bounded, and
+`stop()` / `destroy()` are safe to call whatever state the test left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+from tests.system.debian_system import DebianSystem, Result
+
+# Every name a run gives the host (network namespaces, machine names) starts
+# with this prefix and the pytest process's PID, so that a later run can tell
+# the leftovers of a killed run (whose PID is gone) from a live one.
+RUN_PREFIX = "oe2e"
+
+RELAY_ADDRESS = "10.237.0.1"
+SMARTHOST_ADDRESS = "10.237.0.2"
+RELAY_WORLD_ADDRESS = "10.237.1.1"
+SINK_ADDRESS = "10.237.1.2"
+LISTED_CLIENT_ADDRESS = "10.237.1.3"
+CLEAN_CLIENT_ADDRESS = "10.237.1.4"
+PREFIX = 24
+
+HOST_ENVIRONMENT = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/root",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+# The containers get the unified cgroup hierarchy (cgroup v2) even on a host
+# that runs the hybrid one, as these machines do: trixie's systemd 257 in a
+# hybrid container sometimes fails its first units at boot ("Failed to spawn
+# executor: No such file or directory" for systemd-remount-fs.service, the
+# cgroup not yet there on the unified side), and cgroup v2 is what both
+# releases use on real hosts.
+NSPAWN_ENVIRONMENT = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+COMMAND_TIMEOUT = 120.0
+BOOT_TIMEOUT = 180.0
+POWEROFF_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = COMMAND_TIMEOUT,
+    input_text: str | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> Result:
+    """Run a host command with a time limit; the caller checks the status."""
+    try:
+        completed = subprocess.run(
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(environment or HOST_ENVIRONMENT),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        raise AssertionError(f"timed out after {timeout:.0f}s: {shlex.join(argv)}") from expired
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5, diagnose: str = ""
+) -> T:
+    """Call probe until it returns something else than None; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{diagnose}" if diagnose else "")
+            )
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class TestNetwork:
+    """The three namespaces and the two veth pairs between them."""
+
+    relay: str
+    smarthost: str
+    world: str
+
+    __test__ = False  # not a pytest test class
+
+    @classmethod
+    def for_run(cls, pid: int) -> TestNetwork:
+        prefix = f"{RUN_PREFIX}{pid}"
+        return cls(f"{prefix}-bulbe", f"{prefix}-marcuse", f"{prefix}-world")
+
+    @property
+    def namespaces(self) -> tuple[str, str, str]:
+        return (self.relay, self.smarthost, self.world)
+
+    def create(self) -> None:
+        for namespace in self.namespaces:
+            run(["ip", "netns", "add", namespace]).check(f"ip netns add {namespace}")
+            self.ip(namespace, "link", "set", "lo", "up")
+        # The veths are created directly inside their namespaces: their names
+        # never meet the host's interfaces or another run's.
+        run(
+            ["ip", "link", "add", "to-marcuse", "netns", self.relay, "type", "veth",
+             "peer", "name", "to-bulbe", "netns", self.smarthost]
+        ).check("veth bulbe-marcuse")  # fmt: skip
+        run(
+            ["ip", "link", "add", "to-world", "netns", self.relay, "type", "veth",
+             "peer", "name", "to-bulbe", "netns", self.world]
+        ).check("veth bulbe-world")  # fmt: skip
+        self.address(self.relay, "to-marcuse", RELAY_ADDRESS)
+        self.address(self.smarthost, "to-bulbe", SMARTHOST_ADDRESS)
+        self.address(self.relay, "to-world", RELAY_WORLD_ADDRESS)
+        for address in (SINK_ADDRESS, LISTED_CLIENT_ADDRESS, CLEAN_CLIENT_ADDRESS):
+            self.address(self.world, "to-bulbe", address)
+        for namespace, link in ((self.relay, "to-marcuse"), (self.relay, "to-world"), (self.smarthost, "to-bulbe"),
+                                (self.world, "to-bulbe")):  # fmt: skip
+            self.ip(namespace, "link", "set", link, "up")
+
+    def ip(self, namespace: str, *arguments: str) -> None:
+        run(["ip", "-n", namespace, *arguments]).check(f"ip -n {namespace} {' '.join(arguments)}")
+
+    def address(self, namespace: str, link: str, address: str) -> None:
+        # IPv4 only: no duplicate address detection, the address works at once.
+        self.ip(namespace, "address", "add", f"{address}/{PREFIX}", "dev", link)
+
+    def execute(self, namespace: str, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT,
+                input_text: str | None = None) -> Result:  # fmt: skip
+        """A host program run inside one of the namespaces (the sink, swaks, the pin helper)."""
+        return run(["ip", "netns", "exec", namespace, *argv], timeout=timeout, input_text=input_text)
+
+    def destroy(self) -> list[str]:
+        """Delete the namespaces (and so the veths); return what could not be deleted."""
+        problems = []
+        for namespace in self.namespaces:
+            if Path("/run/netns", namespace).exists():
+                result = run(["ip", "netns", "del", namespace], timeout=30)
+                if result.returncode != 0:
+                    problems.append(f"ip netns del {namespace}: {result.stderr.strip()}")
+        return problems
+
+
+class Container:
+    """A Debian system directory booted with systemd-nspawn in a network namespace."""
+
+    def __init__(self, system: DebianSystem, machine: str, hostname: str, namespace: str, log: Path) -> None:
+        self.system = system
+        self.machine = machine
+        self.hostname = hostname
+        self.namespace = namespace
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._init_pid: int | None = None
+
+    @property
+    def release(self) -> str:
+        return self.system.release
+
+    def boot(self) -> None:
+        """Start the container; `wait_booted` waits for the end of its boot."""
+        (self.system.root / "etc/hostname").write_text(f"{self.hostname}\n")
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--register=no",
+                "--keep-unit",
+                "--boot",
+                f"--directory={self.system.root}",
+                f"--machine={self.machine}",
+                f"--hostname={self.hostname}",
+                f"--network-namespace-path=/run/netns/{self.namespace}",
+                "--console=read-only",
+                # The test network has its own DNS: resolv.conf stays as prepared.
+                "--resolv-conf=off",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**HOST_ENVIRONMENT, **NSPAWN_ENVIRONMENT},
+            start_new_session=True,  # a Ctrl-C of the test run does not reach the container
+        )
+
+    @property
+    def init_pid(self) -> int:
+        """The PID (on the host) of the container's systemd."""
+        if self._init_pid is None:
+            self._init_pid = wait_until(
+                f"the init process of {self.machine}", self._find_init, 30, 0.2, self.boot_log()
+            )
+        return self._init_pid
+
+    def _find_init(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"systemd-nspawn for {self.machine} is not running:\n{self.boot_log()}")
+        return _container_init(self.process.pid)
+
+    def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Wait for the end of the boot; return systemctl is-system-running's answer."""
+        # Find systemd first: fails at once, with the console log, if nspawn died.
+        _ = self.init_pid
+
+        def state() -> str | None:
+            result = self.run("systemctl is-system-running", timeout=30)
+            answer = result.stdout.strip()
+            return answer if answer in ("running", "degraded") else None
+
+        return wait_until(f"the boot of {self.machine}", state, timeout, 1.0, self.boot_log())
+
+    def run(self, script: str, timeout: float = COMMAND_TIMEOUT, input_text: str | None = None) -> Result:
+        """Run a sh script as root inside the booted system."""
+        argv = ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-i", "-n", "-p", "--", "/bin/sh", "-c", script]
+        return run(argv, timeout=timeout, input_text=input_text)
+
+    def check(self, script: str, timeout: float = COMMAND_TIMEOUT, input_text: str | None = None) -> str:
+        """Run a script that must succeed; return its standard output."""
+        return self.run(script, timeout, input_text).check(f"on {self.machine}: {script}").stdout
+
+    def boot_log(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def request_stop(self) -> None:
+        """Ask the system to power off (SIGRTMIN+4 to its systemd, like `systemctl poweroff`)."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        if self._init_pid is None:
+            try:
+                self._init_pid = self._find_init()
+            except AssertionError:
+                self._init_pid = None
+        if self._init_pid is not None:
+            _signal(self._init_pid, signal.SIGRTMIN + 4)
+        else:
+            process.terminate()
+
+    def wait_stopped(self, timeout: float = POWEROFF_TIMEOUT) -> list[str]:
+        """Wait for the poweroff (SIGKILL after timeout); return what went wrong."""
+        problems: list[str] = []
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                problems.append(f"{self.machine} did not power off within {timeout:.0f}s: killed")
+                if self._init_pid is not None:
+                    _signal(self._init_pid, signal.SIGKILL)  # kills the whole PID namespace
+                process.kill()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"systemd-nspawn for {self.machine} survived SIGKILL")
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        # What nspawn may leave on the host after a shutdown.
+        propagate = Path("/run/systemd/nspawn/propagate", self.machine)
+        if propagate.is_dir():
+            try:
+                propagate.rmdir()
+            except OSError as error:
+                problems.append(f"{propagate}: {error}")
+        return problems
+
+
+def stop_all(containers: Sequence[Container], timeout: float = POWEROFF_TIMEOUT) -> list[str]:
+    """Power several systems off at once; return what went wrong."""
+    for container in containers:
+        container.request_stop()
+    problems: list[str] = []
+    for container in containers:
+        problems += container.wait_stopped(timeout)
+    return problems
+
+
+def _signal(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, number)
+
+
+def machine_name(role: str, pid: int) -> str:
+    return f"{RUN_PREFIX}-{role}-{pid}"
+
+
+def sweep_killed_runs() -> list[str]:
+    """Undo what runs killed without a chance to clean up (SIGKILL) left behind.
+
+    A run's containers and namespaces carry its pytest PID (RUN_PREFIX); those
+    of a PID that no longer exists are powered off hard (SIGKILL to the
+    container's init ends its PID namespace and so its mounts), their system
+    directories removed, their namespaces deleted.  Returns what was swept.
+    """
+    swept: list[str] = []
+    pattern = re.compile(rf"^--machine={RUN_PREFIX}-\w+-(\d+)$")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith("systemd-nspawn"):
+            continue
+        owners = [int(m.group(1)) for m in map(pattern.match, argv) if m]
+        if not owners or _run_alive(owners[0]):
+            continue
+        directory = next((a.split("=", 1)[1] for a in argv if a.startswith("--directory=")), None)
+        nspawn = int(proc.name)
+        init = _container_init(nspawn)
+        _signal(init if init is not None else nspawn, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{nspawn}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        swept.append(f"container of dead run {owners[0]} (systemd-nspawn {nspawn})")
+        if directory and Path(directory).name.startswith("oignons-mail-") and not Path(f"/proc/{nspawn}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            swept.append(directory)
+    netns = Path("/run/netns")
+    for namespace in sorted(netns.iterdir()) if netns.is_dir() else []:
+        found = re.match(rf"^{RUN_PREFIX}(\d+)-", namespace.name)
+        if found and not _run_alive(int(found.group(1))):
+            # What still runs there (the SMTP sink) would keep the namespace alive.
+            for pid in _processes_in_network_namespace(namespace):
+                _signal(pid, signal.SIGKILL)
+                swept.append(f"process {pid} in {namespace.name}")
+            run(["ip", "netns", "del", namespace.name], timeout=30)
+            swept.append(f"network namespace {namespace.name}")
+    return swept
+
+
+def leftovers_of_run(pid: int) -> list[str]:
+    """What the run of that PID still has on the host: nothing, once its test beds are torn down."""
+    found = []
+    netns = Path("/run/netns")
+    prefix = f"{RUN_PREFIX}{pid}-"
+    found += [
+        f"network namespace {n.name}" for n in (netns.iterdir() if netns.is_dir() else []) if n.name.startswith(prefix)
+    ]
+    sink = str(Path(__file__).with_name("smtp_sink.py"))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        container = argv[0].endswith("systemd-nspawn") and any(
+            a.startswith(f"--machine={RUN_PREFIX}-") and a.endswith(f"-{pid}") for a in argv
+        )
+        # The sink runs as a child of the test run (orphaned: of PID 1).
+        our_sink = sink in argv and _parent(int(proc.name)) in (pid, 1)
+        if container or our_sink:
+            found.append(f"process {proc.name}: {' '.join(argv)}")
+    return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None)
+
+
+def _processes_in_network_namespace(namespace: Path) -> list[int]:
+    wanted = f"net:[{namespace.stat().st_ino}]"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "ns/net") == wanted:
+                    found.append(int(proc.name))
+    return found
+
+
+def _run_alive(pid: int) -> bool:
+    """Whether the test run of that PID still runs (a reused PID runs something else)."""
+    try:
+        return b"pytest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _container_init(nspawn_pid: int) -> int | None:
+    """The host PID of the child of systemd-nspawn that is PID 1 of its namespace."""
+    try:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) == 2 and nspid[1] == "1":
+            return int(child)
+    return None
