@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -324,14 +324,8 @@ def sweep_killed_runs() -> list[str]:
     """
     swept: list[str] = []
     pattern = re.compile(rf"^--machine={RUN_PREFIX}-\w+-(\d+)$")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if not argv or not argv[0].endswith("systemd-nspawn"):
+    for proc, argv in _processes():
+        if not argv[0].endswith("systemd-nspawn"):
             continue
         owners = [int(m.group(1)) for m in map(pattern.match, argv) if m]
         if not owners or _run_alive(owners[0]):
@@ -370,13 +364,7 @@ def leftovers_of_run(pid: int) -> list[str]:
         f"network namespace {n.name}" for n in (netns.iterdir() if netns.is_dir() else []) if n.name.startswith(prefix)
     ]
     sink = str(Path(__file__).with_name("smtp_sink.py"))
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for proc, argv in _processes():
         container = argv[0].endswith("systemd-nspawn") and any(
             a.startswith(f"--machine={RUN_PREFIX}-") and a.endswith(f"-{pid}") for a in argv
         )
@@ -385,6 +373,19 @@ def leftovers_of_run(pid: int) -> list[str]:
         if container or our_sink:
             found.append(f"process {proc.name}: {' '.join(argv)}")
     return found
+
+
+def _processes() -> Iterator[tuple[Path, list[str]]]:
+    """The host's processes (their /proc directory) with their command line; kernel threads have none."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0]:
+            yield proc, argv
 
 
 def _parent(pid: int) -> int | None:
