@@ -1,7 +1,8 @@
 # oignons-mail: build and test.  On a fresh Debian bookworm machine, as root:
 #   make deb     build dist/oignons-mail-*.deb for SITE (default: the association's)
 #   make check   every test: unit, golden, lint, lintian, installs into real systems
-# Both install what they need with apt-get first.
+#   make sbuild, make piuparts   Debian QA (mk/qa.mk)
+# Each installs what it needs with apt-get first.
 
 SHELL = /bin/sh
 # Debian's python3 and tools, whatever else PATH may put first.
@@ -43,7 +44,7 @@ check-deps: build-deps
 		$(VENV)/bin/pip install -q ruff==$(RUFF_VERSION) mypy==$(MYPY_VERSION); \
 	fi
 
-check: check-deps deb lint lintian
+check: check-deps deb lint qa-lint lintian
 	$(PYTHON) -m pytest tests
 
 unit: check-deps

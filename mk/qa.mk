@@ -3,6 +3,7 @@
 #                     release, then debian/tests with autopkgtest in an unshare testbed
 #   make autopkgtest  only the autopkgtests, on the .debs of the last `make sbuild`
 #   make piuparts     install/purge and upgrade tests of dist/*.deb, each package, each release
+#   make qa-lint      shellcheck, ruff and mypy --strict on tests/qa and debian/tests (seconds)
 # One release or package: make sbuild QA_RELEASES=trixie, make piuparts QA_PACKAGES=oignons-mail-relay.
 # Releases and packages are independent targets: `make -j4 piuparts` runs them side by side.
 # tests/qa/debian-qa does the work; it installs what it needs with apt-get.
@@ -16,7 +17,9 @@ QA_AUTOPKGTEST = $(QA_RELEASES:%=autopkgtest-%)
 QA_PIUPARTS_BASES = $(QA_RELEASES:%=piuparts-base-%)
 QA_PIUPARTS = $(foreach release,$(QA_RELEASES),$(QA_PACKAGES:%=piuparts-$(release)-%))
 
-.PHONY: sbuild autopkgtest piuparts qa-deps qa-user qa-source piuparts-prev \
+QA_AUTOPKGTEST_SCRIPTS = debian/tests/smarthost debian/tests/relay
+
+.PHONY: sbuild autopkgtest piuparts qa-lint qa-deps qa-user qa-source piuparts-prev \
 	$(QA_SBUILD) $(QA_AUTOPKGTEST) $(QA_PIUPARTS_BASES) $(QA_PIUPARTS)
 
 qa-deps:
@@ -53,3 +56,12 @@ piuparts-$(1)-$(2): piuparts-base-$(1) piuparts-prev
 endef
 $(foreach release,$(QA_RELEASES),$(foreach package,$(QA_PACKAGES),\
 	$(eval $(call QA_PIUPARTS_RULE,$(release),$(package)))))
+
+# debian/tests' scripts have no .py suffix: mypy checks them one at a time.
+qa-lint: check-deps
+	shellcheck -s sh $(QA_TOOL)
+	$(VENV)/bin/ruff check tests/qa debian/tests/oignons_autopkgtest.py $(QA_AUTOPKGTEST_SCRIPTS)
+	$(VENV)/bin/ruff format --check tests/qa debian/tests/oignons_autopkgtest.py $(QA_AUTOPKGTEST_SCRIPTS)
+	for script in $(QA_AUTOPKGTEST_SCRIPTS); do \
+		MYPYPATH=debian/tests $(VENV)/bin/mypy --strict --python-version 3.11 $$script || exit 1; \
+	done

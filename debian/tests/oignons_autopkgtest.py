@@ -31,7 +31,7 @@ MAIL_LOG = "/var/log/oignons-autopkgtest-mail.log"
 T = TypeVar("T")
 
 
-class TestFailure(Exception):
+class CheckError(Exception):
     """A check failed: the message says what was expected and what was seen."""
 
 
@@ -53,9 +53,9 @@ def run(command: Sequence[str], stdin: str | None = None, check: bool = True) ->
             check=False,
         )
     except subprocess.TimeoutExpired as expired:
-        raise TestFailure(f"timed out after {COMMAND_TIMEOUT}s: {' '.join(command)}") from expired
+        raise CheckError(f"timed out after {COMMAND_TIMEOUT}s: {' '.join(command)}") from expired
     if check and result.returncode != 0:
-        raise TestFailure(
+        raise CheckError(
             f"`{' '.join(command)}` failed with status {result.returncode}\n"
             f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
         )
@@ -76,7 +76,7 @@ def check_settings(expected: dict[str, str]) -> None:
     wrong = {key: settings.get(key, "(unset)") for key, value in expected.items() if settings.get(key) != value}
     if wrong:
         lines = [f"  {key} = {seen}   (expected: {expected[key]})" for key, seen in wrong.items()]
-        raise TestFailure("postconf -n differs:\n" + "\n".join(lines))
+        raise CheckError("postconf -n differs:\n" + "\n".join(lines))
     for key, value in expected.items():
         say(f"ok: postconf -n: {key} = {value}")
 
@@ -86,7 +86,7 @@ def check_postfix_check() -> None:
     result = run(["postfix", "check"])
     output = (result.stdout + result.stderr).strip()
     if output:
-        raise TestFailure(f"postfix check is not clean:\n{output}")
+        raise CheckError(f"postfix check is not clean:\n{output}")
     say("ok: postfix check is clean")
 
 
@@ -94,7 +94,7 @@ def check_lookup(command: str, table: str, key: str, expected: str) -> None:
     """`postmap -q` or `postalias -q` of one key of a table."""
     seen = run([command, "-q", key, table], check=False).stdout.strip()
     if seen != expected:
-        raise TestFailure(f"{command} -q {key} {table}: {seen or '(not found)'} (expected: {expected})")
+        raise CheckError(f"{command} -q {key} {table}: {seen or '(not found)'} (expected: {expected})")
     say(f"ok: {command} -q {key} {table} = {seen}")
 
 
@@ -106,25 +106,48 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT_TIM
         if value is not None:
             return value
         if time.monotonic() > deadline:
-            raise TestFailure(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise CheckError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(1)
 
 
 def in_private_network() -> None:
-    """Bring up the loopback of this private network namespace; check it is alone."""
+    """Bring up the loopback of this private network namespace; check no route leaves it."""
     run(["ip", "link", "set", "lo", "up"])
-    links = run(["ip", "-o", "link", "show"]).stdout.splitlines()
-    names = [line.split(":")[1].strip().split("@")[0] for line in links if line.strip()]
-    if names != ["lo"]:
-        raise TestFailure(f"the test's network namespace has other interfaces than lo: {names}")
-    say("ok: in a private network namespace, with the loopback interface only")
+    # Tunnel devices (sit0, ...) may exist in every namespace, down and
+    # without routes: what matters is that every route goes through lo.
+    routes = [
+        line
+        for family in ("-4", "-6")
+        for line in run(["ip", family, "-o", "route", "show", "table", "all"]).stdout.splitlines()
+        if line.strip()
+    ]
+    outside = [route for route in routes if " dev lo " not in f"{route} "]
+    if outside or not routes:
+        raise CheckError("the test's network namespace has routes beyond the loopback:\n" + "\n".join(routes))
+    say("ok: in a private network namespace: every route is through the loopback interface")
 
 
 def run_isolated() -> int:
-    """Run this script again in private network, PID and mount namespaces; its status."""
+    """Run this script again in private network, PID and mount namespaces; its status.
+
+    Propagation "unchanged": in a chroot-like testbed (unshare) "/" is not a
+    mount point and cannot be made private; --mount-proc makes /proc private
+    before mounting the new one there.
+    """
     command = [
-        "unshare", "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc",
-        "--propagation", "private", "env", f"{ISOLATED_ENV}=1", sys.executable, *sys.argv,
+        "unshare",
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--mount-proc",
+        "--propagation",
+        "unchanged",
+        "env",
+        f"{ISOLATED_ENV}=1",
+        sys.executable,
+        *sys.argv,
     ]
     say("--- the Postfix part runs in its own network, PID and mount namespaces")
     try:
@@ -179,14 +202,14 @@ def main(outside: Callable[[], None], inside: Callable[[], None]) -> None:
     if os.environ.get(ISOLATED_ENV) != "1":
         try:
             outside()
-        except TestFailure as failure:
+        except CheckError as failure:
             say(f"FAIL: {failure}")
             sys.exit(1)
         sys.exit(run_isolated())
     try:
         in_private_network()
         inside()
-    except TestFailure as failure:
+    except CheckError as failure:
         say(f"FAIL: {failure}")
         show_diagnostics()
         sys.exit(1)
