@@ -1,6 +1,7 @@
 # oignons-mail: build and test.  On a fresh Debian bookworm machine, as root:
 #   make deb     build dist/oignons-mail-*.deb for SITE (default: the association's)
-#   make check   every test: unit, golden, lint, lintian, installs into real systems
+#   make check   every test: unit, golden, lint, lintian, installs into real systems,
+#                mail between two booted systems (make e2e)
 #   make sbuild, make piuparts   Debian QA (mk/qa.mk)
 # Each installs what it needs with apt-get first.
 
@@ -44,8 +45,10 @@ check-deps: build-deps
 		$(VENV)/bin/pip install -q ruff==$(RUFF_VERSION) mypy==$(MYPY_VERSION); \
 	fi
 
-check: check-deps deb lint qa-lint lintian
-	$(PYTHON) -m pytest tests
+# The whole suite, the end-to-end mail tests included (mk/e2e.mk; minutes).
+check: check-deps e2e-deps deb lint qa-lint lintian
+	OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest tests; \
+	status=$$?; [ ! -f $(E2E_REPORT) ] || cat $(E2E_REPORT); exit $$status
 
 unit: check-deps
 	$(PYTHON) -m pytest tests -m "not system"

@@ -4,8 +4,8 @@
 #   make e2e    builds test packages into build/e2e (not dist/), boots, tests,
 #               cleans up; prints the confinement's exposure scores at the end
 # The base systems are cached mmdebstrap tarballs (tests/system), built the
-# first time.  The tests skip themselves unless OIGNONS_MAIL_E2E=1, so that
-# `make check`'s plain pytest run does not start them.
+# first time.  The tests skip themselves unless OIGNONS_MAIL_E2E=1 (set here and
+# by `make check`), so that a plain `pytest tests` or `make unit` does not start them.
 
 E2E_PACKAGES = systemd-container mmdebstrap debian-archive-keyring iproute2 util-linux openssl \
 	swaks libnet-ssleay-perl python3-pytest

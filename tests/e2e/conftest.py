@@ -1,7 +1,7 @@
 """End-to-end mail tests: two booted Debian systems exchanging real mail (`make e2e`).
 
 They need root, systemd-nspawn, mmdebstrap and a few minutes, so they run only
-when OIGNONS_MAIL_E2E=1 (mk/e2e.mk sets it): a plain `pytest tests` skips them.
+when OIGNONS_MAIL_E2E=1 (`make e2e` and `make check` set it): a plain `pytest tests` skips them.
 """
 
 from __future__ import annotations
