@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
-from tests.system.debian_system import DebianSystem, Result
+from tests.system.debian_system import COMMAND_ENVIRONMENT, DebianSystem, Result, run_command
 
 # Every name a run gives the host (network namespaces, machine names) starts
 # with this prefix and the pytest process's PID, so that a later run can tell
@@ -44,12 +43,6 @@ LISTED_CLIENT_ADDRESS = "10.237.1.3"
 CLEAN_CLIENT_ADDRESS = "10.237.1.4"
 PREFIX = 24
 
-HOST_ENVIRONMENT = {
-    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    "LC_ALL": "C.UTF-8",
-    "HOME": "/root",
-    "DEBIAN_FRONTEND": "noninteractive",
-}
 # The containers get the unified cgroup hierarchy (cgroup v2) even on a host
 # that runs the hybrid one, as these machines do: trixie's systemd 257 in a
 # hybrid container sometimes fails its first units at boot ("Failed to spawn
@@ -71,20 +64,8 @@ def run(
     input_text: str | None = None,
     environment: Mapping[str, str] | None = None,
 ) -> Result:
-    """Run a host command with a time limit; the caller checks the status."""
-    try:
-        completed = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(environment or HOST_ENVIRONMENT),
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        raise AssertionError(f"timed out after {timeout:.0f}s: {shlex.join(argv)}") from expired
-    return Result(completed.returncode, completed.stdout, completed.stderr)
+    """A host command bounded by this harness's usual time limit (COMMAND_TIMEOUT)."""
+    return run_command(argv, timeout=timeout, input_text=input_text, environment=environment)
 
 
 def wait_until(
@@ -206,7 +187,7 @@ class Container:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env={**HOST_ENVIRONMENT, **NSPAWN_ENVIRONMENT},
+            env={**COMMAND_ENVIRONMENT, **NSPAWN_ENVIRONMENT},
             start_new_session=True,  # a Ctrl-C of the test run does not reach the container
         )
 

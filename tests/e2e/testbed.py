@@ -43,13 +43,13 @@ from tests.e2e.machines import (
     run,
     wait_until,
 )
-from tests.system.debian_system import DebianSystem, Result, base_tarball
+from tests.system.debian_system import COMMAND_ENVIRONMENT, DebianSystem, Result, base_tarball
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WORK = REPOSITORY / "build" / "e2e"
 SITE_SOURCE = REPOSITORY / "sites" / "nos-oignons.toml"
 TOOL = ["/usr/bin/python3", "-m", "oignons_mail"]
-TOOL_ENVIRONMENT = {**machines.HOST_ENVIRONMENT, "PYTHONPATH": str(REPOSITORY / "src")}
+TOOL_ENVIRONMENT = {**COMMAND_ENVIRONMENT, "PYTHONPATH": str(REPOSITORY / "src")}
 BUILD_TIMEOUT = 900.0
 
 DOMAIN = "nos-oignons.net"
@@ -277,10 +277,10 @@ def schleuder_api_key_settings(text: str, api_key: str) -> str:
 
 def install_file(system: DebianSystem, source: Path | str, target: str, mode: int, group: str = "root") -> None:
     destination = system.root / target.lstrip("/")
-    destination.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(source, Path):
-        shutil.copyfile(source, destination)
+        system.copy_in(source, target)
     else:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(source, encoding="utf-8")
     os.chmod(destination, mode)
     system.run(f"chgrp {group} {target}").check(f"chgrp {group} {target}")
@@ -392,7 +392,7 @@ def start_sink(network: TestNetwork, spool: Path, log: Path) -> Sink:
         sink.process = subprocess.Popen(
             ["ip", "netns", "exec", network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
              "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=machines.HOST_ENVIRONMENT,
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=COMMAND_ENVIRONMENT,
             start_new_session=True,
         )  # fmt: skip
     process = sink.process

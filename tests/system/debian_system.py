@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,41 @@ class Result:
         return self
 
 
+# The environment of every command the tests run, on the host or in a test
+# system: Debian's tools first, no locale or terminal of the caller's.
+COMMAND_ENVIRONMENT = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/root",
+}
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input_text: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    description: str | None = None,
+) -> Result:
+    """Run a host command with a time limit; the caller checks the status."""
+    try:
+        completed = subprocess.run(
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(environment or COMMAND_ENVIRONMENT),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        what = description if description is not None else shlex.join(argv)
+        raise AssertionError(f"timed out after {timeout:.0f}s: {what}") from expired
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
 class DebianSystem:
     """An extracted base system, run with chroot in private namespaces."""
 
@@ -103,19 +139,7 @@ class DebianSystem:
             "-c",
             inner,
         ]
-        environment = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "DEBIAN_FRONTEND": "noninteractive",
-            "LC_ALL": "C.UTF-8",
-            "HOME": "/root",
-        }
-        try:
-            completed = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout, env=environment, check=False
-            )
-        except subprocess.TimeoutExpired as expired:
-            raise AssertionError(f"timed out after {timeout}s: {script}") from expired
-        return Result(completed.returncode, completed.stdout, completed.stderr)
+        return run_command(command, timeout=timeout, description=script)
 
     def copy_in(self, source: Path, target: str) -> str:
         destination = self.root / target.lstrip("/")
