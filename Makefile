@@ -16,6 +16,11 @@ TOOL_PYTHONPATH = PYTHONPATH=src
 TOOL = $(TOOL_PYTHONPATH) $(PYTHON) -m oignons_mail
 VENV = build/venv
 APT_INSTALL = apt-get install -y --no-install-recommends
+# $(call apt_install_missing,PACKAGES): install those not installed yet (apt-get update first).
+define apt_install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
+endef
 # Lint tools pinned so that a new release cannot break `make check` by itself.
 RUFF_VERSION = 0.17.6
 MYPY_VERSION = 2.4.1
@@ -38,8 +43,7 @@ build-deps:
 	fi
 
 check-deps: build-deps
-	@missing=$$(for p in $(CHECK_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
+	$(call apt_install_missing,$(CHECK_PACKAGES))
 	@if [ ! -x $(VENV)/bin/mypy ] || [ ! -x $(VENV)/bin/ruff ]; then \
 		$(PYTHON) -m venv --system-site-packages $(VENV) && \
 		$(VENV)/bin/pip install -q ruff==$(RUFF_VERSION) mypy==$(MYPY_VERSION); \
@@ -47,8 +51,7 @@ check-deps: build-deps
 
 # The whole suite, the end-to-end mail tests included (mk/e2e.mk; minutes).
 check: check-deps e2e-deps deb lint qa-lint lintian
-	OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest tests; \
-	status=$$?; [ ! -f $(E2E_REPORT) ] || cat $(E2E_REPORT); exit $$status
+	$(call pytest_with_e2e,tests)
 
 unit: check-deps
 	$(PYTHON) -m pytest tests -m "not system"

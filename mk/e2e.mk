@@ -13,10 +13,15 @@ E2E_REPORT = build/e2e/report.txt
 
 .PHONY: e2e e2e-deps
 
+# $(call pytest_with_e2e,ARGUMENTS): pytest with the end-to-end tests enabled;
+# the exposure report is printed whatever the outcome, the status kept.
+define pytest_with_e2e
+	OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest $(1); \
+	status=$$?; [ ! -f $(E2E_REPORT) ] || cat $(E2E_REPORT); exit $$status
+endef
+
 e2e-deps: build-deps
-	@missing=$$(for p in $(E2E_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
+	$(call apt_install_missing,$(E2E_PACKAGES))
 
 e2e: e2e-deps
-	OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest -p no:cacheprovider --durations=5 tests/e2e; \
-	status=$$?; [ ! -f $(E2E_REPORT) ] || cat $(E2E_REPORT); exit $$status
+	$(call pytest_with_e2e,-p no:cacheprovider --durations=5 tests/e2e)
