@@ -69,14 +69,14 @@ GREYLIST_DELAY_SECONDS = 5
 
 # What the base systems hold besides Debian's minimal one: systemd to boot,
 # the packages' dependencies, and on the relay what it recommends and the
-# cases use.  mailman3 is left out: no case sends to a Mailman list.
+# cases use (mailman3 too: lists created after the relay package must work).
 COMMON_PACKAGES = (
     "systemd-sysv", "dbus", "iproute2", "procps", "postfix", "ssl-cert", "openssl",
     "ca-certificates", "bind9-dnsutils",
 )  # fmt: skip
 RELAY_PACKAGES = (
     *COMMON_PACKAGES, "python3", "adduser", "rspamd", "redis-server", "unbound",
-    "dns-root-data", "schleuder", "schleuder-cli", "gnupg",
+    "dns-root-data", "schleuder", "schleuder-cli", "gnupg", "mailman3",
 )  # fmt: skip
 SMARTHOST_PACKAGES = COMMON_PACKAGES
 
