@@ -1,6 +1,8 @@
-"""Site validation (src/oignons_mail/site.py): the real site loads, each rule refuses what it should.
+"""Site validation (src/oignons_mail/site.py): the default site's fixture loads, each rule refuses what it should.
 
-Every broken case starts from the real sites/nos-oignons.toml, changes one value
+Every broken case starts from the default site's golden fixture
+(tests/golden/nos-oignons/in/site.toml, not sites/nos-oignons.toml, which an
+administrator edits), changes one value
 in a deep copy of the parsed TOML and checks the SiteError: the key path, the
 rule, and the value as str(error) shows it.
 """
@@ -18,10 +20,10 @@ import pytest
 
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
-from oignons_mail.site import Site, TlsPolicy, Transport, load_site, parse_site
+from oignons_mail.site import TlsPolicy, Transport, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
-SITE_FILE = REPO / "sites" / "nos-oignons.toml"
+SITE_FILE = REPO / "tests" / "golden" / "nos-oignons" / "in" / "site.toml"
 
 REAL_PIN = "ac:ad:75:7f:58:c3:cf:53:ef:a0:d2:e3:0a:64:3d:e9:a2:c4:58:28"
 REAL_IBAN = "FR14 2004 1010 0505 0001 3M02 606"
@@ -34,7 +36,7 @@ PathPart = str | int
 
 @pytest.fixture
 def data() -> Data:
-    """The parsed TOML of the real site file; each test gets its own copy."""
+    """The parsed TOML of the default site's fixture; each test gets its own copy."""
     with SITE_FILE.open("rb") as file:
         return tomllib.load(file)
 
@@ -71,7 +73,7 @@ def parse_broken(data: Data, mutate: Mutation) -> SiteError:
     return caught.value
 
 
-# -- the real site ------------------------------------------------------------
+# -- the default site's fixture ----------------------------------------------
 
 
 def test_real_site_loads_into_the_model(data: Data) -> None:
@@ -864,18 +866,17 @@ def test_escaped_iban_placeholder_is_refused(data: Data) -> None:
 
 
 def test_a_valid_transport_name_renders(data: Data) -> None:
-    data["relay"]["transports"][0]["name"] = "slow-lane"
-    site: Site | None = None
-    refused: SiteError | None = None
-    try:
-        site = parse_site(data, "site.toml")
-    except SiteError as error:  # refusing the name is a fix too
-        refused = error
-    if refused is not None:
-        assert refused.key == "relay.transports[0].name"
-    else:
-        assert site is not None
-        assert "slow-lane_destination_concurrency_limit = 2" in render(site)["relay/main.cf"].splitlines()
+    data["relay"]["transports"][0]["name"] = "slow2"
+    main_cf = render(parse_site(data, "site.toml"))["relay/main.cf"].splitlines()
+    assert "slow2_destination_concurrency_limit = 2" in main_cf
+    assert not any(line.startswith("slow_") for line in main_cf)
+
+
+def test_a_transport_name_with_a_dash_is_refused(data: Data) -> None:
+    # A '-' would start main.cf parameter names such as slow-lane_destination_rate_delay.
+    error = parse_broken(data, set_("relay", "transports", 0, "name", "slow-lane"))
+    assert error.key == "relay.transports[0].name"
+    assert error.rule == "not a transport name (lower-case letters and digits, starting with a letter)"
 
 
 @pytest.mark.parametrize(
