@@ -6,13 +6,14 @@ Each subcommand is one function; errors become exit statuses only here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from oignons_mail import pin
 from oignons_mail.build import build_packages
-from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UserMessageError
+from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.render import render
 from oignons_mail.site import load_site
 from oignons_mail.writer import diff_tree, write_tree
@@ -30,6 +31,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.check and not args.diff:
+        raise UsageError("render: --check compares, so it needs --diff (render --diff --check ...)")
     files = render(load_site(args.site))
     if args.diff:
         difference = diff_tree(files, args.dest)
@@ -81,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     render_parser = add("render", cmd_render, "render a site into a folder of package data files")
     render_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
     render_parser.add_argument(
-        "dest", type=Path, help="folder to write (files it has and the site does not make are removed)"
+        "dest",
+        type=Path,
+        help="folder to write: new, empty, or rendered into before (only files it wrote there are removed)",
     )
     render_parser.add_argument("--diff", action="store_true", help="show the diff against the folder, write nothing")
     render_parser.add_argument("--check", action="store_true", help="with --diff: exit 1 when there is a difference")
@@ -106,7 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.function(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except UserMessageError as error:
         print(f"oignons-mail: error: {error}", file=sys.stderr)
         return error.exit_status
+    except BrokenPipeError:
+        # The reader went away (`render --diff ... | head -1`): nothing more can be written to it,
+        # and Python must not try again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("oignons-mail: error: standard output was closed before everything was written", file=sys.stderr)
+        return EXIT_FAILURE
     return status

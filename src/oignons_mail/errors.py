@@ -40,6 +40,18 @@ class SiteError(UserMessageError):
         return message
 
 
+class UsageError(UserMessageError):
+    """Options that argparse accepts one by one but not together."""
+
+    exit_status = EXIT_USAGE
+
+
+class DestinationError(UserMessageError):
+    """The folder to render into is not one the writer may write (a file, someone else's folder)."""
+
+    exit_status = EXIT_USAGE
+
+
 class BuildError(UserMessageError):
     """Building the packages failed (a tool it runs failed or is missing)."""
 

@@ -11,7 +11,7 @@ import pytest
 
 from oignons_mail.cli import main
 from oignons_mail.errors import UserMessageError
-from oignons_mail.writer import TreeChanges, diff_tree, write_tree
+from oignons_mail.writer import MANIFEST, TreeChanges, diff_tree, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 # The default site's golden fixture, never sites/nos-oignons.toml: an administrator edits that one.
@@ -100,7 +100,7 @@ def test_render_writes_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[st
     dest = tmp_path / "rendered"
     assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
     out, err = capsys.readouterr()
-    written = files_under(dest)
+    written = files_under(dest) - {MANIFEST}
     assert written >= SMARTHOST_FILES | {"relay/main.cf"}
     assert out.splitlines() == [f"wrote {dest / relative}" for relative in sorted(written)]
     assert err == ""
@@ -178,44 +178,126 @@ def test_render_diff_into_a_missing_folder_creates_nothing(tmp_path: Path, capsy
     assert not dest.exists()
 
 
-def test_render_removes_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `render .` in a checkout once removed all of it, .git included.
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / ".git" / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    (checkout / "README.md").write_text("mine\n", encoding="utf-8")
+    assert main(["render", "--site", str(SITE_FILE), str(checkout)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"oignons-mail: error: {checkout}: is not empty and was not made by oignons-mail render "
+        f"(it has no {MANIFEST}); refusing to write there, since the folder must end up holding the rendering "
+        "only: render into a new or empty folder\n"
+    )
+    assert files_under(checkout) == {".git/HEAD", "README.md"}
+
+
+def test_render_into_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
+    assert capsys.readouterr().err == ""
+    assert files_under(dest) >= SMARTHOST_FILES
+
+
+def test_render_refuses_a_file_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "rendered"
     render_into(dest, capsys)
-    stale = dest / "smarthost" / "tables.d" / "old-table"
-    stale.write_text("old\n", encoding="utf-8")
+    added = dest / "smarthost" / "tables.d" / "old-table"
+    added.write_text("old\n", encoding="utf-8")
 
     assert main(["render", "--diff", "--check", "--site", str(SITE_FILE), str(dest)]) == 1
     assert capsys.readouterr().out == "--- a/smarthost/tables.d/old-table\n+++ /dev/null\n@@ -1 +0,0 @@\n-old\n"
 
-    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
-    out = capsys.readouterr().out
-    assert str(stale) in out
-    assert len(out.splitlines()) == 1
-    assert not stale.exists()
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"oignons-mail: error: {dest}: holds files that oignons-mail render did not write "
+        "(smarthost/tables.d/old-table); refusing to remove or keep them: move them away, "
+        "or render into a new or empty folder\n"
+    )
+    assert added.read_text(encoding="utf-8") == "old\n"
 
 
-def test_render_reports_a_removed_file_as_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("diff", [[], ["--diff"]], ids=["write", "diff"])
+def test_render_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], diff: list[str]) -> None:
+    dest = tmp_path / "notes.txt"
+    dest.write_text("mine\n", encoding="utf-8")
+    assert main(["render", *diff, "--site", str(SITE_FILE), str(dest)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    verb = "compare with" if diff else "render into"
+    assert err == f"oignons-mail: error: {dest}: is a file, not a folder; give the folder to {verb}\n"
+    assert dest.read_text(encoding="utf-8") == "mine\n"
+
+
+def test_render_below_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    dest = tmp_path / "notes.txt" / "rendered"
+    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"oignons-mail: error: {dest}: cannot write: [Errno 20] Not a directory: ")
+    assert err.count("\n") == 1
+
+
+def test_render_check_needs_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "rendered"
-    render_into(dest, capsys)
-    stale = dest / "smarthost" / "old-file"
-    stale.write_text("old\n", encoding="utf-8")
-    assert main(["render", "--site", str(SITE_FILE), str(dest)]) == 0
-    assert capsys.readouterr().out == f"removed {stale}\n"
+    assert main(["render", "--check", "--site", str(SITE_FILE), str(dest)]) == 2
+    assert capsys.readouterr() == (
+        "",
+        "oignons-mail: error: render: --check compares, so it needs --diff (render --diff --check ...)\n",
+    )
+    assert not dest.exists()
+
+
+def test_render_diff_into_a_closed_pipe(tmp_path: Path) -> None:
+    # `oignons-mail render --diff ... | head -1`, with the reader gone before the first write.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "oignons_mail", "render", "--diff", "--site", str(SITE_FILE), str(tmp_path / "x")],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 1
+    assert result.stderr == "oignons-mail: error: standard output was closed before everything was written\n"
 
 
 # -- write_tree / diff_tree directly -----------------------------------------------
 
 
-def test_write_tree_reports_changed_added_and_removed_files(tmp_path: Path) -> None:
+def test_write_tree_removes_only_what_its_manifest_names(tmp_path: Path) -> None:
     assert write_tree({"a/one": "1\n", "two": "2\n"}, tmp_path) == TreeChanges(["a/one", "two"], [])
-    (tmp_path / "stale").write_text("x\n", encoding="utf-8")
-    (tmp_path / "a" / "old").write_text("y\n", encoding="utf-8")
+    assert (tmp_path / MANIFEST).read_text(encoding="utf-8").splitlines()[1:] == ["a/one", "two"]
     assert write_tree({"a/one": "1\n", "two": "2, changed\n", "three": "3\n"}, tmp_path) == TreeChanges(
-        ["three", "two"], ["a/old", "stale"]
+        ["three", "two"], []
     )
-    assert files_under(tmp_path) == {"a/one", "two", "three"}
-    assert (tmp_path / "two").read_text(encoding="utf-8") == "2, changed\n"
-    assert write_tree({"a/one": "1\n", "two": "2, changed\n", "three": "3\n"}, tmp_path) == TreeChanges()
+    assert write_tree({"a/one": "1\n", "three": "3\n"}, tmp_path) == TreeChanges([], ["two"])
+    assert files_under(tmp_path) == {"a/one", "three", MANIFEST}
+    assert (tmp_path / MANIFEST).read_text(encoding="utf-8").splitlines()[1:] == ["a/one", "three"]
+    assert write_tree({"a/one": "1\n", "three": "3\n"}, tmp_path) == TreeChanges()
+
+
+def test_write_tree_refuses_a_manifest_naming_a_path_outside(tmp_path: Path) -> None:
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / MANIFEST).write_text("../victim\n", encoding="utf-8")
+    (tmp_path / "victim").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(UserMessageError, match="refusing to write outside"):
+        write_tree({"one": "1\n"}, tmp_path / "dest")
+    assert (tmp_path / "victim").read_text(encoding="utf-8") == "mine\n"
 
 
 def test_diff_tree(tmp_path: Path) -> None:

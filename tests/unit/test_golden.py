@@ -16,7 +16,7 @@ import pytest
 
 from oignons_mail.render import render
 from oignons_mail.site import load_site
-from oignons_mail.writer import diff_tree, write_tree
+from oignons_mail.writer import MANIFEST, diff_tree, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -38,7 +38,8 @@ def update_mode(environment: dict[str, str]) -> bool:
 
 
 def _tree(directory: Path) -> set[str]:
-    return {str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file()}
+    """The rendered files under directory (the writer's manifest is not one)."""
+    return {str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file()} - {MANIFEST}
 
 
 def test_the_cases_are_there() -> None:
