@@ -7,6 +7,7 @@ Every rule a value must follow is checked here, once; everything downstream
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 import tomllib
@@ -144,12 +145,26 @@ _STOCK_SERVICES = frozenset(
 
 
 def domain_name(value: str) -> str:
+    if _is_ip_address(value):
+        raise RuleError(
+            "is an IP address, not a host or domain name (Postfix looks a name up in the DNS here)",
+            "write the name, e.g. bulbe.nos-oignons.net",
+        )
     if not _DOMAIN_RE.fullmatch(value) or len(value) > 253:
         raise RuleError(
             "not a domain name (lower-case labels of letters, digits and '-', at least two labels)",
             "write it like nos-oignons.net, without a trailing dot",
         )
     return value
+
+
+def _is_ip_address(value: str) -> bool:
+    """An IPv4 or IPv6 address, bracketed or not: a digits-only last label is never a DNS name's."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return value.rpartition(".")[2].isdigit()
+    return True
 
 
 def host_label(value: str) -> str:
@@ -407,11 +422,23 @@ class _Table:
 # -- loading ------------------------------------------------------------------
 
 
+_BOM = "\ufeff"
+
+
 def load_site(path: Path) -> Site:
     """Read and validate a site file."""
     file = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if text.startswith(_BOM):
+            raise SiteError(
+                file,
+                "",
+                ABSENT,
+                "starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), which TOML does not allow",
+                f"save it as UTF-8 without a BOM, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {file}",
+            )
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise SiteError(file, "", ABSENT, "no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -438,6 +465,7 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     top.finish()
 
     _refuse_shared_local_parts(file, relay, users_to_root)
+    _refuse_undeliverable(file, domain, root_alias, relay)
     return Site(
         source=file,
         domain=domain,
@@ -458,6 +486,29 @@ def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str
     for index, local in enumerate(relay.responder.local_parts):
         if local in taken:
             raise SiteError(file, f"relay.responder.local_parts[{index}]", local, f"is also {taken[local]}")
+
+
+def _refuse_undeliverable(file: str, domain: str, root_alias: str, relay: Relay) -> None:
+    """Refuse a site whose relay would turn away the nodes' own mail."""
+    if domain not in relay.destinations:
+        raise SiteError(
+            file,
+            "site.domain",
+            domain,
+            "is not in relay.destinations: the relay would refuse mail for the site's own domain "
+            "(postmaster@, root@ of the nodes)",
+            f'add "{domain}" to relay.destinations',
+        )
+    alias_domain = root_alias.rpartition("@")[2]
+    if alias_domain not in relay.destinations and not relay.node_pins:
+        raise SiteError(
+            file,
+            "site.root_alias",
+            root_alias,
+            "is outside relay.destinations while relay.node_pins is empty: the nodes may not relay, "
+            "so the relay would refuse every node's mail to root",
+            "use an address in relay.destinations, or give the nodes the right to relay in relay.node_pins",
+        )
 
 
 def _parse_tls(table: _Table) -> TlsPolicy:

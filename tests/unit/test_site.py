@@ -250,6 +250,8 @@ class Case:
         return pytest.param(self, id=self.id)
 
 
+IP_RULE = "is an IP address, not a host or domain name (Postfix looks a name up in the DNS here)"
+
 CASES = [
     # relay.node_pins: node name -> sha256 pin of its client certificate
     Case(
@@ -688,6 +690,54 @@ CASES = [
         "is not in a domain of relay.destinations",
         "the relay accepts mail only for its destinations",
     ),
+    # sites that would not deliver mail
+    Case(
+        "root-alias-outside-destinations-without-node-pins",
+        set_("site", "root_alias", "machines@example.org"),
+        "site.root_alias",
+        '"machines@example.org"',
+        "is outside relay.destinations while relay.node_pins is empty: the nodes may not relay, "
+        "so the relay would refuse every node's mail to root",
+        "use an address in relay.destinations, or give the nodes the right to relay in relay.node_pins",
+    ),
+    Case(
+        "site-domain-outside-destinations",
+        set_("site", "domain", "nos-oignons.eu"),
+        "site.domain",
+        '"nos-oignons.eu"',
+        "is not in relay.destinations: the relay would refuse mail for the site's own domain "
+        "(postmaster@, root@ of the nodes)",
+        'add "nos-oignons.eu" to relay.destinations',
+    ),
+    Case(
+        "relay-hostname-ipv4",
+        set_("relay", "hostname", "192.0.2.25"),
+        "relay.hostname",
+        '"192.0.2.25"',
+        IP_RULE,
+        "write the name, e.g. bulbe.nos-oignons.net",
+    ),
+    Case(
+        "relay-mydomain-ipv6-literal",
+        set_("relay", "mydomain", "[2001:db8::25]"),
+        "relay.mydomain",
+        '"[2001:db8::25]"',
+        IP_RULE,
+    ),
+    Case(
+        "destination-ipv4",
+        set_("relay", "destinations", ["nos-oignons.net", "bulbe.nos-oignons.net", "10.0.0.1"]),
+        "relay.destinations[2]",
+        '"10.0.0.1"',
+        IP_RULE,
+    ),
+    Case(
+        "site-domain-ipv4",
+        set_("site", "domain", "127.0.0.1"),
+        "site.domain",
+        '"127.0.0.1"',
+        IP_RULE,
+    ),
     # responder
     Case(
         "from-address-outside-destinations",
@@ -840,6 +890,30 @@ def test_load_site_not_utf8(tmp_path: Path) -> None:
     assert caught.value.file == str(path)
     assert caught.value.rule.startswith("cannot be read: 'utf-8' codec can't decode byte 0xe9")
     assert str(caught.value).startswith(f"{path}: cannot be read: ")
+
+
+def test_load_site_utf8_bom(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + SITE_FILE.read_bytes())
+    with pytest.raises(SiteError) as caught:
+        load_site(path)
+    assert str(caught.value) == (
+        f"{path}: starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), which TOML does not allow\n"
+        f"  hint: save it as UTF-8 without a BOM, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {path}"
+    )
+
+
+def test_root_alias_outside_destinations_with_node_pins(data: Data) -> None:
+    # The nodes may relay (permit_tls_clientcerts), so root's mail may go to another domain.
+    data["site"]["root_alias"] = "machines@example.org"
+    data["relay"]["node_pins"] = {"marcuse": SHA256_PIN}
+    assert parse_site(data, "site.toml").root_alias == "machines@example.org"
+
+
+@pytest.mark.parametrize("name", ["mx1.nos-oignons.net", "0x.example.org", "1.example.org"])
+def test_names_with_digits_are_not_ip_addresses(data: Data, name: str) -> None:
+    data["relay"]["destinations"].append(name)
+    assert name in parse_site(data, "site.toml").relay.destinations
 
 
 def test_load_site_validates(tmp_path: Path) -> None:
