@@ -1,4 +1,4 @@
-"""The command line: `oignons-mail validate | render | pin | build`.
+"""The command line: `oignons-mail validate | render | pin | release | build`.
 
 Each subcommand is one function; errors become exit statuses only here.
 """
@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from oignons_mail import pin
+from oignons_mail import pin, release
 from oignons_mail.build import build_packages
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.render import render
@@ -66,6 +67,14 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    entry_author = release.author(site.package.maintainer, os.environ)
+    now = datetime.now(UTC).astimezone()
+    print(release.add_release(args.changelog, args.version, args.message, entry_author, now))
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oignons-mail",
@@ -95,6 +104,20 @@ def _parser() -> argparse.ArgumentParser:
     source = pin_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cert", type=Path, help="the relay's certificate (PEM), e.g. its ACME cert")
     source.add_argument("--connect", metavar="HOST[:PORT]", help="fetch it from a live server (STARTTLS; 465: TLS)")
+
+    release_parser = add("release", cmd_release, "add a debian/changelog entry for a new version (then: make deb)")
+    release_parser.add_argument("version", help="the new version, greater than the last one (e.g. 0.2.0)")
+    release_parser.add_argument("--message", required=True, help="what changed (the entry's text)")
+    release_parser.add_argument(
+        "--changelog", type=Path, default=Path("debian/changelog"), help="changelog to edit (default: %(default)s)"
+    )
+    release_parser.add_argument(
+        "--site",
+        type=Path,
+        default=DEFAULT_SITE,
+        help="site file whose package.maintainer signs the entry, unless DEBFULLNAME and DEBEMAIL are set "
+        "(default: %(default)s)",
+    )
 
     build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")
     build.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")

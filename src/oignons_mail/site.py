@@ -97,6 +97,15 @@ class Smarthost:
 
 
 @dataclass(frozen=True)
+class Package:
+    """Who the Debian packages name: their maintainer, the organisation, its web site."""
+
+    maintainer: str  # "Name <address>", as debian/control and debian/changelog want it
+    organisation: str
+    homepage: str
+
+
+@dataclass(frozen=True)
 class Site:
     """One association's mail setup, for both roles."""
 
@@ -107,6 +116,7 @@ class Site:
     tls: TlsPolicy
     relay: Relay
     smarthost: Smarthost
+    package: Package
 
 
 class RuleError(Exception):
@@ -312,6 +322,24 @@ def cipher_name(value: str) -> str:
     return value
 
 
+_MAINTAINER_RE = re.compile(r"([^<>,]+?) <([^<>@\s]+@[^<>@\s]+)>")
+
+
+def maintainer(value: str) -> str:
+    """A Debian maintainer field: "Name <address>" (Debian Policy 5.6.2)."""
+    match = _MAINTAINER_RE.fullmatch(one_line(value))
+    if match is None:
+        raise RuleError('not a maintainer: "Name <address>"', 'e.g. "Nos oignons <contact@nos-oignons.net>"')
+    mail_address(match.group(2).lower())
+    return value
+
+
+def web_address(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise RuleError("not an http(s) address", 'e.g. "https://nos-oignons.net/"')
+    return value
+
+
 def milter_socket(value: str) -> str:
     absolute_path(value)
     return value
@@ -462,6 +490,7 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     tls = _parse_tls(top.table("tls"))
     relay = _parse_relay(top.table("relay"))
     smarthost = _parse_smarthost(top.table("smarthost"))
+    package = _parse_package(top.table("package"))
     top.finish()
 
     _refuse_shared_local_parts(file, relay, users_to_root)
@@ -474,7 +503,18 @@ def parse_site(data: dict[str, object], file: str) -> Site:
         tls=tls,
         relay=relay,
         smarthost=smarthost,
+        package=package,
     )
+
+
+def _parse_package(table: _Table) -> Package:
+    package = Package(
+        maintainer=table.string("maintainer", maintainer),
+        organisation=table.string("organisation", one_line),
+        homepage=table.string("homepage", web_address),
+    )
+    table.finish()
+    return package
 
 
 def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from debian.changelog import Changelog
 
 from oignons_mail.cli import main
 from oignons_mail.errors import UserMessageError
@@ -399,3 +400,89 @@ def test_python_m_oignons_mail_exit_status_of_a_broken_site(tmp_path: Path) -> N
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == f"oignons-mail: error: {path}: {LOGLEVEL_ERROR}\n"
+
+
+# -- release ----------------------------------------------------------------------
+
+CHANGELOG = """oignons-mail (0.1.0) unstable; urgency=medium
+
+  * First release.
+
+ -- Nos oignons <contact@nos-oignons.net>  Wed, 25 Nov 2026 12:00:00 +0000
+"""
+
+
+@pytest.fixture
+def changelog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("DEBFULLNAME", raising=False)
+    monkeypatch.delenv("DEBEMAIL", raising=False)
+    path = tmp_path / "changelog"
+    path.write_text(CHANGELOG, encoding="utf-8")
+    return path
+
+
+def release_main(changelog: Path, *arguments: str) -> int:
+    return main(["release", *arguments, "--changelog", str(changelog), "--site", str(SITE_FILE)])
+
+
+def test_release_adds_an_entry(changelog: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    message = "Relay pin added for bulbe's next key; the yahoo transport dropped. " * 2
+    assert release_main(changelog, "0.2.0", "--message", message) == 0
+    assert capsys.readouterr() == ("oignons-mail (0.2.0) unstable; urgency=medium\n", "")
+    text = changelog.read_text(encoding="utf-8")
+    assert text.endswith("\n\n" + CHANGELOG)
+    with changelog.open(encoding="utf-8") as handle:
+        parsed = Changelog(handle, strict=True)
+    assert [str(version) for version in parsed.versions] == ["0.2.0", "0.1.0"]
+    assert parsed.author == "Nos oignons <contact@nos-oignons.net>"
+    assert parsed[0].changes() == [
+        "",
+        "  * Relay pin added for bulbe's next key; the yahoo transport dropped. Relay pin",
+        "    added for bulbe's next key; the yahoo transport dropped.",
+        "",
+    ]
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_release_author_from_debfullname_and_debemail(
+    changelog: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEBFULLNAME", "Alice Admin")
+    monkeypatch.setenv("DEBEMAIL", "alice@nos-oignons.net")
+    assert release_main(changelog, "0.1.1", "--message", "A pin changed.") == 0
+    with changelog.open(encoding="utf-8") as handle:
+        assert Changelog(handle).author == "Alice Admin <alice@nos-oignons.net>"
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.0.9", "0.1.0~rc1"])
+def test_release_refuses_a_version_not_greater(
+    changelog: Path, capsys: pytest.CaptureFixture[str], version: str
+) -> None:
+    assert release_main(changelog, version, "--message", "x") == 2
+    assert capsys.readouterr() == (
+        "",
+        f"oignons-mail: error: {version}: not greater than the last version in {changelog}, 0.1.0; "
+        "apt upgrades only to a greater version (dpkg --compare-versions)\n",
+    )
+    assert changelog.read_text(encoding="utf-8") == CHANGELOG
+
+
+@pytest.mark.parametrize(
+    ("version", "message", "error"),
+    [
+        ("0.2 beta", "x", "0.2 beta: not a Debian version (e.g. 0.2.0)"),
+        ("0.2.0", " \n ", "--message: must say what changed (it becomes the changelog entry)"),
+    ],
+)
+def test_release_refuses_a_broken_version_or_message(
+    changelog: Path, capsys: pytest.CaptureFixture[str], version: str, message: str, error: str
+) -> None:
+    assert release_main(changelog, version, "--message", message) == 2
+    assert capsys.readouterr() == ("", f"oignons-mail: error: {error}\n")
+    assert changelog.read_text(encoding="utf-8") == CHANGELOG
+
+
+def test_release_without_a_changelog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "changelog"
+    assert release_main(missing, "0.2.0", "--message", "x") == 2
+    assert capsys.readouterr().err.startswith(f"oignons-mail: error: {missing}: cannot be read: ")

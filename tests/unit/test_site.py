@@ -20,7 +20,7 @@ import pytest
 
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
-from oignons_mail.site import TlsPolicy, Transport, load_site, parse_site
+from oignons_mail.site import Package, TlsPolicy, Transport, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_FILE = REPO / "tests" / "golden" / "nos-oignons" / "in" / "site.toml"
@@ -108,6 +108,7 @@ def test_real_site_loads_into_the_model(data: Data) -> None:
     assert relay.default_destination_concurrency_limit == 10
     assert site.smarthost.fingerprint_digest == "sha1"
     assert site.smarthost.relay_pins == (REAL_PIN,)
+    assert site.package == Package("Nos oignons <contact@nos-oignons.net>", "Nos oignons", "https://nos-oignons.net/")
 
 
 def test_real_site_responder(data: Data) -> None:
@@ -289,7 +290,7 @@ CASES = [
         "extra",
         "1",
         "unknown key",
-        "known keys here: relay, site, smarthost, tls",
+        "known keys here: package, relay, site, smarthost, tls",
     ),
     Case(
         "unknown-in-site",
@@ -737,6 +738,29 @@ CASES = [
         "site.domain",
         '"127.0.0.1"',
         IP_RULE,
+    ),
+    # package: what the Debian packages say of their origin
+    Case(
+        "package-maintainer-without-address",
+        set_("package", "maintainer", "Nos oignons"),
+        "package.maintainer",
+        '"Nos oignons"',
+        'not a maintainer: "Name <address>"',
+        'e.g. "Nos oignons <contact@nos-oignons.net>"',
+    ),
+    Case(
+        "package-homepage-not-http",
+        set_("package", "homepage", "nos-oignons.net"),
+        "package.homepage",
+        '"nos-oignons.net"',
+        "not an http(s) address",
+    ),
+    Case(
+        "package-organisation-two-lines",
+        set_("package", "organisation", "Nos\noignons"),
+        "package.organisation",
+        '"Nos\\noignons"',
+        "must be one line of text, without control characters",
     ),
     # responder
     Case(
