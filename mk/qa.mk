@@ -10,14 +10,14 @@
 
 QA_TOOL = tests/qa/debian-qa
 QA_RELEASES = bookworm trixie
-QA_PACKAGES = oignons-mail-smarthost oignons-mail-relay
+QA_PACKAGES = oignons-mail-smarthost oignons-mail-relay oignons-mail
 
 QA_SBUILD = $(QA_RELEASES:%=sbuild-%)
 QA_AUTOPKGTEST = $(QA_RELEASES:%=autopkgtest-%)
 QA_PIUPARTS_BASES = $(QA_RELEASES:%=piuparts-base-%)
 QA_PIUPARTS = $(foreach release,$(QA_RELEASES),$(QA_PACKAGES:%=piuparts-$(release)-%))
 
-QA_AUTOPKGTEST_SCRIPTS = debian/tests/smarthost debian/tests/relay
+QA_AUTOPKGTEST_SCRIPTS = debian/tests/smarthost debian/tests/relay debian/tests/tool
 
 .PHONY: sbuild autopkgtest piuparts qa-lint qa-deps qa-user qa-source piuparts-prev \
 	$(QA_SBUILD) $(QA_AUTOPKGTEST) $(QA_PIUPARTS_BASES) $(QA_PIUPARTS)

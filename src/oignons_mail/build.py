@@ -13,7 +13,7 @@ from oignons_mail.errors import BuildError
 
 # What a build copies: the source package, without build products or VCS data.
 _NOT_COPIED = shutil.ignore_patterns(
-    ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"
+    ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "*.egg-info"
 )
 _PRODUCT_SUFFIXES = (".deb", ".buildinfo", ".changes")
 

@@ -75,12 +75,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
         prog="oignons-mail",
         description="Build the oignons-mail Debian packages (Postfix relay and smarthost) from a site file.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, function: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -126,12 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         "--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)"
     )
     build.add_argument("--dist", type=Path, default=Path("dist"), help="where the .debs go (default: %(default)s)")
-    return parser
+    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argument_parser = parser()
+    args = argument_parser.parse_args(argv)
     try:
         status: int = args.function(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
