@@ -1,9 +1,10 @@
 # oignons-mail: build and test.  On a fresh Debian bookworm machine, as root:
 #   make deb     build dist/oignons-mail-*.deb for SITE (default: the association's)
+#   make unit    unit, golden and QA-static tests: no root, no network (build-deps installed)
 #   make check   every test: unit, golden, lint, lintian, installs into real systems,
 #                mail between two booted systems (make e2e)
 #   make sbuild, make piuparts   Debian QA (mk/qa.mk)
-# Each installs what it needs with apt-get first.
+# Each but make unit installs what it needs with apt-get first.
 
 SHELL = /bin/sh
 # Debian's python3 and tools, whatever else PATH may put first.
@@ -13,7 +14,8 @@ export DEBIAN_FRONTEND = noninteractive
 SITE ?= sites/nos-oignons.toml
 PYTHON = /usr/bin/python3
 TOOL_PYTHONPATH = PYTHONPATH=src
-TOOL = $(TOOL_PYTHONPATH) $(PYTHON) -m oignons_mail
+# -P: the checkout's debian/ folder must not be taken for python3-debian's module.
+TOOL = $(TOOL_PYTHONPATH) $(PYTHON) -P -m oignons_mail
 VENV = build/venv
 APT_INSTALL = apt-get install -y --no-install-recommends
 # $(call apt_install_missing,PACKAGES): install those not installed yet (apt-get update first).
@@ -29,7 +31,7 @@ MYPY_VERSION = 2.4.1
 CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-venv python3-pip \
 	debian-archive-keyring util-linux
 
-SHELL_SCRIPTS = scripts/postfix-apply debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
+SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
 
 .PHONY: deb check unit lint lintian system-test build-deps check-deps clean bench
 
@@ -53,8 +55,10 @@ check-deps: build-deps
 check: check-deps e2e-deps deb lint qa-lint lintian
 	$(call pytest_with_e2e,tests)
 
-unit: check-deps
-	$(PYTHON) -m pytest tests -m "not system"
+# No root, no network, no apt-get: needs the build-dependencies already installed
+# (python3-pytest, python3-debian, python3-jinja2, openssl; `make build-deps`, as root).
+unit:
+	$(PYTHON) -P -m pytest tests -m "not system"
 
 lint: check-deps
 	$(VENV)/bin/ruff check src tests bench scripts/oignons_mail_responder.py

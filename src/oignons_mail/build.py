@@ -10,6 +10,8 @@ from pathlib import Path
 from debian.changelog import Changelog
 
 from oignons_mail.errors import BuildError
+from oignons_mail.render import RenderedTree
+from oignons_mail.writer import replace_files
 
 # What a build copies: the source package, without build products or VCS data.
 _NOT_COPIED = shutil.ignore_patterns(
@@ -29,12 +31,13 @@ def source_version(source: Path) -> tuple[str, str]:
     return changelog.package, str(changelog.version)
 
 
-def build_packages(source: Path, site: Path, work: Path, dist: Path) -> list[Path]:
+def build_packages(source: Path, site: Path, source_files: RenderedTree, work: Path, dist: Path) -> list[Path]:
     """Build the .debs for `site` from the source tree; return the files put in dist.
 
     The build runs in a copy under `work` so that dpkg-buildpackage's products
     (written to the parent directory) and debian/ leftovers never touch the
-    source tree.
+    source tree.  `source_files` (the site's debian/control and
+    debian/copyright) replace the committed ones in the copy.
     """
     package, version = source_version(source)
     upstream = version.split(":")[-1].rsplit("-", 1)[0]
@@ -45,6 +48,7 @@ def build_packages(source: Path, site: Path, work: Path, dist: Path) -> list[Pat
         stale.unlink()
     work.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, tree, ignore=_NOT_COPIED, symlinks=True)
+    replace_files(source_files, tree)
     environment = dict(os.environ, OIGNONS_MAIL_SITE=str(site.resolve()))
     command = ["dpkg-buildpackage", "--build=binary", "--no-sign"]
     if shutil.which(command[0]) is None:

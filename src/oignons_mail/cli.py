@@ -15,7 +15,7 @@ from pathlib import Path
 from oignons_mail import pin, release
 from oignons_mail.build import build_packages
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
-from oignons_mail.render import render
+from oignons_mail.render import render, render_source_package
 from oignons_mail.site import load_site
 from oignons_mail.writer import diff_tree, write_tree
 
@@ -48,8 +48,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    load_site(args.site)  # a broken site stops here, before anything is copied or built
-    for product in build_packages(args.source, args.site, args.work, args.dist):
+    site = load_site(args.site)  # a broken site stops here, before anything is copied or built
+    for product in build_packages(args.source, args.site, render_source_package(site), args.work, args.dist):
         print(product)
     return EXIT_OK
 

@@ -286,3 +286,17 @@ def responder_config(site: Site) -> str:
         "smtp_port": 25,
     }
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_source_package(site: Site) -> RenderedTree:
+    """The source package's files that name the organisation: debian/control and debian/copyright.
+
+    `oignons-mail build` writes them into its copy of the tree; the committed
+    ones are the default site's rendering (tests/unit/test_golden.py).
+    """
+    package = site.package
+    values = {"maintainer": package.maintainer, "homepage": package.homepage, "organisation": package.organisation}
+    return {name: _template(f"{name.replace('/', '-')}.j2", **values) for name in SOURCE_PACKAGE_FILES}
+
+
+SOURCE_PACKAGE_FILES = ("debian/control", "debian/copyright")

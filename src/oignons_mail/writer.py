@@ -84,6 +84,12 @@ def _write_tree(files: RenderedTree, dest: Path) -> TreeChanges:
     return changes
 
 
+def replace_files(files: RenderedTree, dest: Path) -> None:
+    """Write the named files under dest (a tree of someone else's: nothing else is touched)."""
+    for relative, text in sorted(files.items()):
+        _write_file(_target(dest, relative), text)
+
+
 def _write_file(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False) as temporary:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -486,3 +487,43 @@ def test_release_without_a_changelog(tmp_path: Path, capsys: pytest.CaptureFixtu
     missing = tmp_path / "changelog"
     assert release_main(missing, "0.2.0", "--message", "x") == 2
     assert capsys.readouterr().err.startswith(f"oignons-mail: error: {missing}: cannot be read: ")
+
+
+# -- running from a checkout ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("cwd", ["checkout", "elsewhere"])
+def test_the_checkouts_wrapper(tmp_path: Path, cwd: str) -> None:
+    # bin/oignons-mail: Debian's python3 with -P, whatever python3 PATH finds first.
+    result = subprocess.run(
+        [str(REPO / "bin" / "oignons-mail"), "validate", str(SITE_FILE)],
+        cwd=REPO if cwd == "checkout" else tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{SITE_FILE}: valid (7 relay destinations, 1 relay pin(s))\n"
+
+
+def test_a_python_without_python_debian_says_what_is_missing() -> None:
+    # -S: no site-packages, as in a python3 that is not Debian's; the checkout's
+    # debian/ folder (cwd is on sys.path with -m) must not make it cryptic.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "oignons_mail", "--help"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert re.fullmatch(
+        r"oignons-mail: error: \S+ cannot import (debian\.changelog|jinja2): oignons-mail needs python3-debian "
+        r"and python3-jinja2\. Use Debian's /usr/bin/python3 with them installed \(from a checkout: "
+        r"bin/oignons-mail\), or `pip install \.` into this python\n",
+        result.stderr,
+    ), result.stderr

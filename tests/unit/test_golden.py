@@ -9,12 +9,13 @@ rewrites what it compares with cannot fail.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 import pytest
 
-from oignons_mail.render import render
+from oignons_mail.render import SOURCE_PACKAGE_FILES, render, render_source_package
 from oignons_mail.site import load_site
 from oignons_mail.writer import MANIFEST, diff_tree, write_tree
 
@@ -60,6 +61,37 @@ def test_golden_tree(case: str) -> None:
     for relative, text in sorted(files.items()):
         expected = (out / relative).read_text(encoding="utf-8")
         assert text == expected, f"{relative}: {hint}\n{difference}"
+
+
+@pytest.mark.parametrize("name", SOURCE_PACKAGE_FILES)
+def test_committed_source_package_files_are_the_default_sites_rendering(name: str) -> None:
+    # sbuild builds the committed tree: its debian/control and debian/copyright
+    # must be what `oignons-mail build` renders for the default site's fixture.
+    text = render_source_package(load_site(GOLDEN / "nos-oignons" / "in" / "site.toml"))[name]
+    committed = REPO / name
+    if update_mode(dict(os.environ)):
+        committed.write_text(text, encoding="utf-8")
+        return
+    difference = "".join(
+        difflib.unified_diff(
+            committed.read_text(encoding="utf-8").splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"a/{name}",
+            tofile=f"b/{name}",
+        )
+    )
+    assert difference == "", f"{name} is not the rendering of its template; run {REFRESH}\n{difference}"
+
+
+def test_another_sites_source_package_names_its_organisation() -> None:
+    files = render_source_package(load_site(GOLDEN / "other-site" / "in" / "site.toml"))
+    control = files["debian/control"]
+    assert "Maintainer: Le Potager <admins@potager.example.org>\n" in control
+    assert "Homepage: https://potager.example.org/\n" in control
+    assert "Description: Postfix satellite of a Le Potager Tor node\n" in control
+    assert "Nos oignons" not in control.partition("\nSource:")[2]
+    assert "Upstream-Contact: Le Potager <admins@potager.example.org>\n" in files["debian/copyright"]
+    assert "           Le Potager (its site description, rendered into the packages)\n" in files["debian/copyright"]
 
 
 def test_update_mode_is_refused_under_ci() -> None:
