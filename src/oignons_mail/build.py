@@ -18,6 +18,7 @@ _NOT_COPIED = shutil.ignore_patterns(
     ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "*.egg-info"
 )
 _PRODUCT_SUFFIXES = (".deb", ".buildinfo", ".changes")
+DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def source_version(source: Path) -> tuple[str, str]:
@@ -49,9 +50,11 @@ def build_packages(source: Path, site: Path, source_files: RenderedTree, work: P
     work.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, tree, ignore=_NOT_COPIED, symlinks=True)
     replace_files(source_files, tree)
-    environment = dict(os.environ, OIGNONS_MAIL_SITE=str(site.resolve()))
+    # Debian's tools first: pybuild runs `python3.X` from PATH, and another
+    # python3 (pyenv, a venv) lacks the build-dependencies.
+    environment = dict(os.environ, OIGNONS_MAIL_SITE=str(site.resolve()), PATH=DEBIAN_PATH)
     command = ["dpkg-buildpackage", "--build=binary", "--no-sign"]
-    if shutil.which(command[0]) is None:
+    if shutil.which(command[0], path=DEBIAN_PATH) is None:
         raise BuildError("dpkg-buildpackage is not installed: run `make deb`, which installs the build-dependencies")
     result = subprocess.run(command, cwd=tree, env=environment, check=False)
     if result.returncode != 0:
