@@ -345,6 +345,10 @@ def test_build_broken_site_stops_before_building(tmp_path: Path, capsys: pytest.
         (["validate"], "usage: oignons-mail validate [-h] [site]"),
         (["render"], "usage: oignons-mail render [-h] [--site SITE] [--diff] [--check] dest"),
         (["build"], "usage: oignons-mail build [-h] [--site SITE] [--source SOURCE] [--work WORK] [--dist DIST]"),
+        (
+            ["release"],
+            "usage: oignons-mail release [-h] --message MESSAGE [--changelog CHANGELOG] [--site SITE] version",
+        ),
     ],
 )
 def test_help(
