@@ -92,14 +92,17 @@ def alias_table(site: Site) -> Table:
 
 
 def alias_settings() -> list[tuple[str, str]]:
-    """Our alias table first (the first match wins), Debian's /etc/aliases after it.
+    """The administrator's local aliases first (the first match wins), then ours, then /etc/aliases.
 
-    /etc/aliases is left as the administrator had it; newaliases rebuilds both.
+    Local additions live in a file the packages never ship, so an upgrade
+    never asks about a conffile.  newaliases rebuilds the administrator's two
+    files; ours is built by postfix-apply from the package's data.
     """
+    local = postfix.table(postfix.LOCAL_ALIASES)
     ours = postfix.table("aliases")
     return [
-        ("alias_maps", postfix.comma_list([ours, postfix.SYSTEM_ALIASES])),
-        ("alias_database", postfix.comma_list([postfix.SYSTEM_ALIASES, ours])),
+        ("alias_maps", postfix.comma_list([local, ours, postfix.SYSTEM_ALIASES])),
+        ("alias_database", postfix.comma_list([postfix.SYSTEM_ALIASES, local])),
     ]
 
 
