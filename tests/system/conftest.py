@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from debian.deb822 import Deb822
 from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, base_tarball
 
 DIST = Path(__file__).resolve().parents[2] / "dist"
+# The build tool renders the test sites into packages (package_for_site).
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -173,7 +178,8 @@ def package_for_site(
     in /usr/share/PACKAGE (and other debconf templates for the smarthost).
     `edit_data` may then change the data directory, to make a broken release.
     """
-    from oignons_mail.render import render  # noqa: PLC0415 - the build tool, only for these fixtures
+    # Imported here: src is on the path only once this module has run.
+    from oignons_mail.render import render  # noqa: PLC0415
     from oignons_mail.site import load_site  # noqa: PLC0415
 
     tree = work / f"tree-{version}"
