@@ -75,7 +75,9 @@ postconf -F | sed 's/^/field /'
 for db in /etc/postfix/oignons-mail/*.db; do
     [ -e "$db" ] || continue
     table=${db%.db}
-    postmap -s "hash:$table" | awk -v table="${table##*/}" '{ key = $1; $1 = ""; print "table " table ":" key " =" $0 }'
+    # postalias adds the build time as YP_LAST_MODIFIED (NIS's entries): not a lookup.
+    postmap -s "hash:$table" |
+        awk -v table="${table##*/}" '$1 !~ /^YP_/ { key = $1; $1 = ""; print "table " table ":" key " =" $0 }'
 done
 """
 
