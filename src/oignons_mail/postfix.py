@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-# Where the packages keep the tables they manage (map sources are conffiles).
+# Where the packages build the tables they manage (their sources are the
+# package's data in /usr/share, not conffiles: see README).
 TABLE_DIRECTORY = "/etc/postfix/oignons-mail"
+# The administrator's own aliases, never shipped, searched before ours.
+LOCAL_ALIASES = "aliases.local"
 # Debian's own alias file: kept, and searched after ours.
 SYSTEM_ALIASES = "hash:/etc/aliases"
 

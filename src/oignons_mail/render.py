@@ -76,7 +76,8 @@ def _role_files(role: str, site: Site, settings: list[tuple[str, str]], tables: 
             role=role,
             source=source,
             name=t.name,
-            command=f"{t.build_command} {t.postfix_name}",
+            database=f"{postfix.TABLE_DIRECTORY}/{t.name}.db",
+            local_aliases=f"{postfix.TABLE_DIRECTORY}/{postfix.LOCAL_ALIASES}" if t.name == "aliases" else None,
             entries=t.entries,
         )
     return files
@@ -92,14 +93,17 @@ def alias_table(site: Site) -> Table:
 
 
 def alias_settings() -> list[tuple[str, str]]:
-    """Our alias table first (the first match wins), Debian's /etc/aliases after it.
+    """The administrator's local aliases first (the first match wins), then ours, then /etc/aliases.
 
-    /etc/aliases is left as the administrator had it; newaliases rebuilds both.
+    Local additions live in a file the packages never ship, so an upgrade
+    never asks about a conffile.  newaliases rebuilds the administrator's two
+    files; ours is built by postfix-apply from the package's data.
     """
+    local = postfix.table(postfix.LOCAL_ALIASES)
     ours = postfix.table("aliases")
     return [
-        ("alias_maps", postfix.comma_list([ours, postfix.SYSTEM_ALIASES])),
-        ("alias_database", postfix.comma_list([postfix.SYSTEM_ALIASES, ours])),
+        ("alias_maps", postfix.comma_list([local, ours, postfix.SYSTEM_ALIASES])),
+        ("alias_database", postfix.comma_list([postfix.SYSTEM_ALIASES, local])),
     ]
 
 
@@ -156,7 +160,8 @@ SCHLEUDER_ARGUMENTS = ("flags=DRhu", "user=schleuder", "argv=/usr/bin/schleuder"
 def relay_settings(site: Site) -> list[tuple[str, str]]:
     """main.cf of the relay (wiki: "Configuration sur bulbe" to "slow transports")."""
     relay = site.relay
-    schleuder = postfix.table("schleuder")
+    # A site without Schleuder lists has no Schleuder table, transport or limit.
+    schleuder = [postfix.table("schleuder")] if relay.schleuder_lists else []
     responder = postfix.table("responder")
     settings = [
         ("myhostname", relay.hostname),
@@ -166,7 +171,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("recipient_delimiter", relay.recipient_delimiter),
         # Only aliases, Schleuder lists and the responder receive mail: no
         # passwd lookup.  The postinst appends Mailman 3's table when it exists.
-        ("local_recipient_maps", postfix.comma_list(["$alias_maps", schleuder, responder])),
+        ("local_recipient_maps", postfix.comma_list(["$alias_maps", *schleuder, responder])),
         ("smtpd_banner", f"$myhostname ESMTP $mail_name ({relay.banner_suffix})"),
         # Closed relay: only local programs and the fleet's nodes (by their
         # client certificate) relay; everyone else gets a hard 5xx, not
@@ -189,8 +194,8 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("non_smtpd_milters", "$smtpd_milters"),
         # Mail keeps flowing, unscanned, when rspamd is down or not installed.
         ("milter_default_action", "accept"),
-        ("transport_maps", postfix.comma_list([postfix.table("transport"), schleuder, responder])),
-        ("schleuder_destination_recipient_limit", "1"),
+        ("transport_maps", postfix.comma_list([postfix.table("transport"), *schleuder, responder])),
+        *([("schleuder_destination_recipient_limit", "1")] if schleuder else []),
         ("responder_destination_recipient_limit", "1"),
         ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
         *alias_settings(),
@@ -216,8 +221,14 @@ def relay_master_cf(site: Site) -> list[str]:
             private="n",
             arguments=("-o", "syslog_name=postfix/smtps", "-o", "smtpd_tls_wrappermode=yes"),
         ),
-        postfix.master_cf_entry(
-            "schleuder", "unix", "pipe", private="-", unprivileged="n", arguments=SCHLEUDER_ARGUMENTS
+        *(
+            [
+                postfix.master_cf_entry(
+                    "schleuder", "unix", "pipe", private="-", unprivileged="n", arguments=SCHLEUDER_ARGUMENTS
+                )
+            ]
+            if site.relay.schleuder_lists
+            else []
         ),
         postfix.master_cf_entry(
             "responder",
@@ -269,7 +280,7 @@ def relay_tables(site: Site) -> list[Table]:
         alias_table(site),
         Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
-        Table("schleuder", "postmap", postfix.map_lines(schleuder)),
+        *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),
         Table("responder", "postmap", postfix.map_lines(responder)),
     ]
 

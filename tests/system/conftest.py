@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +18,10 @@ from debian.deb822 import Deb822
 from tests.system.debian_system import EXIM4_SYSTEM, RELEASES, DebianSystem, base_tarball
 
 DIST = Path(__file__).resolve().parents[2] / "dist"
+# The build tool renders the test sites into packages (package_for_site).
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -153,18 +159,69 @@ def next_version(deb: Path, work: Path, edit_main_cf: Callable[[str], str]) -> P
     """
     tree = work / "next"
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=60)
+    control = Deb822((tree / "DEBIAN" / "control").read_text(encoding="utf-8"))
+    main_cf_path = tree / "usr" / "share" / control["Package"] / "main.cf"
+    main_cf_path.write_text(edit_main_cf(main_cf_path.read_text(encoding="utf-8")), encoding="utf-8")
+    return build_tree(tree, work, f"{control['Version']}+next1")
+
+
+# The test sites: fixtures of their own, not the association's site file.
+TEST_SITE = Path(__file__).resolve().parents[1] / "golden" / "nos-oignons" / "in" / "site.toml"
+
+
+def package_for_site(
+    deb: Path, site_file: Path, version: str, work: Path, edit_data: Callable[[Path], None] | None = None
+) -> Path:
+    """`deb`'s maintainer scripts with the data rendered from another site, as `version`.
+
+    A release of a site change is exactly this: the same scripts, other data
+    in /usr/share/PACKAGE (and other debconf templates for the smarthost).
+    `edit_data` may then change the data directory, to make a broken release.
+    """
+    # Imported here: src is on the path only once this module has run.
+    from oignons_mail.render import render  # noqa: PLC0415
+    from oignons_mail.site import load_site  # noqa: PLC0415
+
+    tree = work / f"tree-{version}"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=60)
+    package = Deb822((tree / "DEBIAN" / "control").read_text(encoding="utf-8"))["Package"]
+    role = package.removeprefix("oignons-mail-")
+    data = tree / "usr" / "share" / package
+    for name in ("main.cf", "master.cf", "tables", "responder.json", "tables.d"):
+        path = data / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    for name, text in render(load_site(site_file)).items():
+        if not name.startswith(f"{role}/"):
+            continue
+        relative = name.removeprefix(f"{role}/")
+        target = tree / "DEBIAN" / "templates" if relative == "debconf.templates" else data / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    if edit_data is not None:
+        edit_data(data)
+    return build_tree(tree, work, version)
+
+
+def build_tree(tree: Path, work: Path, version: str) -> Path:
+    """Build an unpacked package tree as `version`, its md5sums made true to its files."""
     control_path = tree / "DEBIAN" / "control"
     control = Deb822(control_path.read_text(encoding="utf-8"))
     package = control["Package"]
-    control["Version"] = f"{control['Version']}+next1"
+    control["Version"] = version
     control_path.write_text(str(control), encoding="utf-8")
-    main_cf_path = tree / "usr" / "share" / package / "main.cf"
-    main_cf_path.write_text(edit_main_cf(main_cf_path.read_text(encoding="utf-8")), encoding="utf-8")
     # Keep md5sums true to the files, as dh_md5sums would.
-    sums = []
-    for line in (tree / "DEBIAN" / "md5sums").read_text(encoding="utf-8").splitlines():
-        _, name = line.split(None, 1)
-        sums.append(f"{hashlib.md5((tree / name).read_bytes()).hexdigest()}  {name}")  # noqa: S324 - dpkg's format
+    conffiles = tree / "DEBIAN" / "conffiles"
+    excluded = set(conffiles.read_text(encoding="utf-8").split()) if conffiles.exists() else set()
+    sums = [
+        f"{hashlib.md5(path.read_bytes()).hexdigest()}  {path.relative_to(tree)}"  # noqa: S324 - dpkg's format
+        for path in sorted(tree.rglob("*"))
+        if path.is_file()
+        and path.relative_to(tree).parts[0] != "DEBIAN"
+        and f"/{path.relative_to(tree)}" not in excluded
+    ]
     (tree / "DEBIAN" / "md5sums").write_text("\n".join(sums) + "\n", encoding="utf-8")
     target = work / f"{package}_{control['Version']}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(target)], check=True, timeout=60)

@@ -43,7 +43,7 @@ WIKI_MAIN_CF = {
     "milter_default_action": "accept",
     "transport_maps": f"hash:{TABLES}/transport, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
     "schleuder_destination_recipient_limit": "1",
-    "alias_maps": f"hash:{TABLES}/aliases, hash:/etc/aliases",
+    "alias_maps": f"hash:{TABLES}/aliases.local, hash:{TABLES}/aliases, hash:/etc/aliases",
     "slow_destination_concurrency_limit": "2",
     "slow_destination_recipient_limit": "20",
     "slow_destination_rate_delay": "2s",
