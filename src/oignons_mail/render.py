@@ -153,6 +153,28 @@ RESPONDER_USER = "oignons-responder"
 RESPONDER_COMMAND = "/usr/lib/oignons-mail-relay/responder"
 RESPONDER_CONFIG = "/usr/share/oignons-mail-relay/responder.json"
 RESPONDER_STATE = "/var/lib/oignons-mail-relay/responder"
+# TLS 1.2 ciphers with an ephemeral key exchange and an AEAD mode (OpenSSL
+# cipher string, both releases' OpenSSL 3): no static RSA, no CBC.
+SMTPS_CIPHER_LIST = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+# Only the nodes relay on port 465: forward-secret AEAD ciphers only, in TLS
+# 1.2 (TLS 1.3's are all forward-secret and AEAD anyway).  Port 25 keeps
+# Postfix's default list: opportunistic TLS with an old server beats plain text.
+SMTPS_ARGUMENTS = (
+    "-o", "syslog_name=postfix/smtps", "-o", "smtpd_tls_wrappermode=yes",
+    "-o", "smtpd_tls_ciphers=high", "-o", "smtpd_tls_mandatory_ciphers=high",
+    "-o", f"tls_high_cipherlist={SMTPS_CIPHER_LIST}",
+)  # fmt: skip
+# RFC 2142's mailbox names: the only system aliases the outside world may
+# write to (site.users_to_root lists the others for the host's own mail).
+RFC2142_MAILBOXES = frozenset(
+    "info marketing sales support abuse noc security postmaster hostmaster usenet news webmaster www uucp ftp".split()
+)
+# Schleuder's default superadmin (schleuder.yml): its notices about a list that
+# fails would reach the list again through root.
+SCHLEUDER_SUPERADMIN = "root@localhost"
+# The same reply as for an address that does not exist: nothing tells the
+# outside which system users the host has.
+UNKNOWN_USER_REPLY = "550 5.1.1 User unknown in local recipient table"
 # Schleuder's documented pipe transport (one recipient per delivery: flag D).
 SCHLEUDER_ARGUMENTS = ("flags=DRhu", "user=schleuder", "argv=/usr/bin/schleuder", "work", "${recipient}")
 
@@ -163,6 +185,16 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
     # A site without Schleuder lists has no Schleuder table, transport or limit.
     schleuder = [postfix.table("schleuder")] if relay.schleuder_lists else []
     responder = postfix.table("responder")
+    client_limits = relay.client_limits
+    exempt = "permit_mynetworks, permit_tls_clientcerts"
+    sender_restrictions = f"{exempt}, reject_non_fqdn_sender, reject_unknown_sender_domain"
+    recipient_restrictions = postfix.comma_list(
+        [
+            f"check_recipient_access {postfix.table('schleuder_superadmin')}",
+            exempt,
+            f"check_recipient_access {postfix.table('local_only_recipients')}",
+        ]
+    )
     settings = [
         ("myhostname", relay.hostname),
         ("mydomain", relay.mydomain),
@@ -177,6 +209,34 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         # client certificate) relay; everyone else gets a hard 5xx, not
         # Debian's soft 454 that makes senders retry for days.
         ("smtpd_relay_restrictions", "permit_mynetworks, permit_tls_clientcerts, reject_unauth_destination"),
+        # SMTP smuggling (CVE-2023-51764): a bare LF in DATA is read as a line
+        # end, never as the end of the message.  trixie's default already;
+        # bookworm's backport keeps "no" for compatibility.
+        ("smtpd_forbid_bare_newline", "normalize"),
+        ("smtpd_forbid_bare_newline_exclusions", "$mynetworks"),
+        # A client that sends DATA before the server's replies invited it
+        # (without PIPELINING) is a spam engine, or a smuggling attempt.
+        ("smtpd_data_restrictions", "reject_unauth_pipelining"),
+        # VRFY would tell which aliases exist (the relay answered 252 to all).
+        ("disable_vrfy_command", "yes"),
+        ("smtpd_helo_required", "yes"),
+        # Senders must be full addresses in domains that exist; local programs
+        # and the nodes (by certificate) are exempt: they send as their host.
+        ("smtpd_sender_restrictions", sender_restrictions),
+        # A domain that does not exist (NXDOMAIN) is a definite answer: 550, so
+        # that forgers go away; a DNS failure still gets a 4xx (Postfix's
+        # unknown_address_tempfail_action).
+        ("unknown_address_reject_code", "550"),
+        # The host's system aliases (debian-tor, _apt, root...) take mail from
+        # the host and the nodes only; from outside only the RFC 2142
+        # addresses (postmaster, abuse, ...) are public.  Schleuder's notices
+        # to its superadmin, root@localhost, are discarded (logged): they would
+        # go back into the list that failed (a mail loop, README.md).
+        ("smtpd_recipient_restrictions", recipient_restrictions),
+        # anvil(8) limits per client address (mynetworks is exempt).
+        ("smtpd_client_connection_rate_limit", str(client_limits.connection_rate_limit)),
+        ("smtpd_client_message_rate_limit", str(client_limits.message_rate_limit)),
+        ("smtpd_client_connection_count_limit", str(client_limits.connection_count_limit)),
         ("smtpd_tls_ask_ccert", "yes"),
         ("smtpd_tls_fingerprint_digest", "sha256"),
         ("relay_clientcerts", postfix.table("relay_clientcerts")),
@@ -184,6 +244,9 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_tls_cert_file", relay.tls_cert_file),
         ("smtpd_tls_key_file", relay.tls_key_file),
         ("smtpd_tls_security_level", "may"),
+        # The site's protocol floor on the server side too (port 25 and 465).
+        ("smtpd_tls_protocols", site.tls.mandatory_protocols),
+        ("smtpd_tls_mandatory_protocols", site.tls.mandatory_protocols),
         ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
         ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
         ("smtp_tls_security_level", "dane"),
@@ -219,7 +282,7 @@ def relay_master_cf(site: Site) -> list[str]:
             "inet",
             "smtpd",
             private="n",
-            arguments=("-o", "syslog_name=postfix/smtps", "-o", "smtpd_tls_wrappermode=yes"),
+            arguments=SMTPS_ARGUMENTS,
         ),
         *(
             [
@@ -276,8 +339,25 @@ def relay_tables(site: Site) -> list[Table]:
     responder = [
         (f"{local}@{domain}", "responder:") for local in relay.responder.local_parts for domain in relay.destinations
     ]
+    local_only = sorted({*site.users_to_root, "root"} - RFC2142_MAILBOXES)
     return [
         alias_table(site),
+        # user@ matches the local part at every domain (access(5)).
+        Table(
+            "local_only_recipients", "postmap", postfix.map_lines([(f"{u}@", UNKNOWN_USER_REPLY) for u in local_only])
+        ),
+        Table(
+            "schleuder_superadmin",
+            "postmap",
+            postfix.map_lines(
+                [
+                    (
+                        SCHLEUDER_SUPERADMIN,
+                        "DISCARD Schleuder superadmin notice, logged by Schleuder (journalctl -t Schleuder)",
+                    )
+                ]
+            ),
+        ),
         Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
         *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),

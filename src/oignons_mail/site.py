@@ -65,6 +65,15 @@ class Responder:
 
 
 @dataclass(frozen=True)
+class ClientLimits:
+    """anvil(8) limits per SMTP client address, per minute (anvil_rate_time_unit)."""
+
+    connection_rate_limit: int
+    message_rate_limit: int
+    connection_count_limit: int
+
+
+@dataclass(frozen=True)
 class Relay:
     """The main mail server (bulbe)."""
 
@@ -81,6 +90,7 @@ class Relay:
     # TLS client certificate's public key: ((node, pin), ...).
     node_pins: tuple[tuple[str, str], ...]
     default_destination_concurrency_limit: int
+    client_limits: ClientLimits
     responder: Responder
     transports: tuple[Transport, ...]
 
@@ -293,6 +303,20 @@ def transport_name(value: str) -> str:
 def positive(value: int) -> int:
     if value < 1:
         raise RuleError("must be a whole number of at least 1")
+    return value
+
+
+# More than this many connections or messages a minute from one address is
+# a flood whatever the site: a larger value is a typo.
+MAX_CLIENT_LIMIT = 10000
+
+
+def client_limit(value: int) -> int:
+    if not 1 <= value <= MAX_CLIENT_LIMIT:
+        raise RuleError(
+            f"must be a whole number from 1 to {MAX_CLIENT_LIMIT}",
+            "a limit per client address and minute; Postfix's 0 (no limit) is not offered",
+        )
     return value
 
 
@@ -592,11 +616,22 @@ def _parse_relay(table: _Table) -> Relay:
         schleuder_lists=schleuder_lists,
         node_pins=table.mapping("node_pins", host_label, lambda pin: fingerprint(pin, "sha256")),
         default_destination_concurrency_limit=table.integer("default_destination_concurrency_limit"),
+        client_limits=_parse_client_limits(table.table("client_limits")),
         responder=_parse_responder(table.table("responder"), destinations),
         transports=_parse_transports(table, destinations),
     )
     table.finish()
     return relay
+
+
+def _parse_client_limits(table: _Table) -> ClientLimits:
+    limits = ClientLimits(
+        connection_rate_limit=table.integer("connection_rate_limit", client_limit),
+        message_rate_limit=table.integer("message_rate_limit", client_limit),
+        connection_count_limit=table.integer("connection_count_limit", client_limit),
+    )
+    table.finish()
+    return limits
 
 
 def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.e2e.machines import Container, wait_until
+from tests.e2e.machines import RELAY_WORLD_ADDRESS, Container, wait_until
 from tests.e2e.testbed import Testbed, new_message_id
 
 DELIVERY_TIMEOUT = 90.0
@@ -99,3 +101,30 @@ def message_text(data: str) -> str:
 def header(data: str, name: str) -> str:
     message = email.message_from_string(data, policy=email.policy.default)
     return str(message.get(name, ""))
+
+
+# One SMTP session of raw_smtp.py: [step text (None for the greeting), [replies]].
+Transcript = list[tuple[str | None, list[str]]]
+
+
+def raw_smtp(
+    bed: Testbed,
+    steps: list[tuple[str, int]],
+    *,
+    port: int = 25,
+    source: str | None = None,
+    connections: int = 1,
+    timeout: float = 120.0,
+) -> list[Transcript]:
+    """Raw SMTP sessions from the outside world to the relay (tests/e2e/raw_smtp.py): bytes as given."""
+    request = {"host": RELAY_WORLD_ADDRESS, "port": port, "source": source, "connections": connections,
+               "steps": steps}  # fmt: skip
+    result = bed.world(
+        ["/usr/bin/python3", str(Path(__file__).with_name("raw_smtp.py"))], timeout, json.dumps(request)
+    ).check("raw_smtp.py")
+    return [[(text, [str(r) for r in got]) for text, got in session] for session in json.loads(result.stdout)]
+
+
+def reply_to(transcript: Transcript, prefix: str) -> list[str]:
+    """The replies to the steps whose text starts with prefix."""
+    return [reply for text, got in transcript if text is not None and text.startswith(prefix) for reply in got]

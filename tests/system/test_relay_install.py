@@ -53,8 +53,34 @@ WIKI_MAIN_CF = {
     "yahoo_destination_rate_delay": "1s",
     "default_destination_concurrency_limit": "10",
 }
+# Issue 12: what an outside attacker meets, on both releases (bookworm's
+# defaults are weaker: smtpd_forbid_bare_newline = no, TLS >= 1.0, no limits).
+HARDENED_MAIN_CF = {
+    "smtpd_forbid_bare_newline": "normalize",
+    "smtpd_forbid_bare_newline_exclusions": "$mynetworks",
+    "smtpd_data_restrictions": "reject_unauth_pipelining",
+    "disable_vrfy_command": "yes",
+    "smtpd_helo_required": "yes",
+    "smtpd_sender_restrictions": (
+        "permit_mynetworks, permit_tls_clientcerts, reject_non_fqdn_sender, reject_unknown_sender_domain"
+    ),
+    "unknown_address_reject_code": "550",
+    "smtpd_recipient_restrictions": (
+        f"check_recipient_access hash:{TABLES}/schleuder_superadmin, permit_mynetworks, permit_tls_clientcerts,"
+        f" check_recipient_access hash:{TABLES}/local_only_recipients"
+    ),
+    "smtpd_client_connection_rate_limit": "100",
+    "smtpd_client_message_rate_limit": "100",
+    "smtpd_client_connection_count_limit": "20",
+    "smtpd_tls_protocols": ">=TLSv1.2",
+    "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+}
 MASTER_CF = {
-    "smtps/inet": "smtps inet n - n - - smtpd -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes",
+    "smtps/inet": (
+        "smtps inet n - n - - smtpd -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes"
+        " -o smtpd_tls_ciphers=high -o smtpd_tls_mandatory_ciphers=high"
+        " -o tls_high_cipherlist=ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+    ),
     "schleuder/unix": (
         "schleuder unix - n n - - pipe flags=DRhu user=schleuder argv=/usr/bin/schleuder work ${recipient}"
     ),
@@ -74,7 +100,14 @@ ROUTES = {
     ("donate@nos-oignons.fr", "responder"): "responder:",
     ("root", "aliases"): "machines@nos-oignons.net",
     ("postmaster", "aliases"): "root",
+    ("debian-tor@", "local_only_recipients"): "550 5.1.1 User unknown in local recipient table",
+    ("root@", "local_only_recipients"): "550 5.1.1 User unknown in local recipient table",
+    ("root@localhost", "schleuder_superadmin"): (
+        "DISCARD Schleuder superadmin notice, logged by Schleuder (journalctl -t Schleuder)"
+    ),
 }
+# RFC 2142's addresses stay public.
+PUBLIC_ALIASES = ("postmaster@", "abuse@", "hostmaster@", "webmaster@", "security@", "noc@")
 
 
 @pytest.fixture(scope="module", params=RELEASES)
@@ -94,6 +127,31 @@ def test_exim4_is_replaced_by_postfix(installed: Installed) -> None:
 def test_main_cf_has_the_wiki_value(installed: Installed, key: str) -> None:
     value = installed.settings().get(key)
     assert value == WIKI_MAIN_CF[key], f"{installed.system.release}: {key} = {value!r}"
+
+
+@pytest.mark.parametrize("key", sorted(HARDENED_MAIN_CF))
+def test_main_cf_has_the_hardened_value(installed: Installed, key: str) -> None:
+    value = installed.settings().get(key)
+    assert value == HARDENED_MAIN_CF[key], f"{installed.system.release}: {key} = {value!r}"
+
+
+def test_the_smtps_cipher_list_is_forward_secret_aead_only(installed: Installed) -> None:
+    """What the release's OpenSSL makes of port 465's cipher list: ECDHE/DHE with AES-GCM or ChaCha20."""
+    ciphers = (
+        installed.system.run("openssl ciphers -v 'ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20'")
+        .check("openssl ciphers")
+        .stdout.splitlines()
+    )
+    tls12 = [line.split() for line in ciphers if " TLSv1.2 " in f" {line} "]
+    assert tls12, ciphers
+    for name, _, kx, _, enc, *_ in tls12:
+        assert kx in ("Kx=ECDH", "Kx=DH"), name
+        assert "GCM" in enc or "CHACHA20" in enc, name
+
+
+@pytest.mark.parametrize("address", PUBLIC_ALIASES)
+def test_rfc_2142_addresses_are_not_local_only(installed: Installed, address: str) -> None:
+    assert installed.query(address, f"hash:{TABLES}/local_only_recipients") == ""
 
 
 def test_local_recipients_never_come_from_passwd(installed: Installed) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
-from oignons_mail.site import Package, TlsPolicy, Transport, load_site, parse_site
+from oignons_mail.site import ClientLimits, Package, Site, TlsPolicy, Transport, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_FILE = REPO / "tests" / "golden" / "nos-oignons" / "in" / "site.toml"
@@ -106,6 +106,9 @@ def test_real_site_loads_into_the_model(data: Data) -> None:
     assert relay.recipient_delimiter == "+"
     assert relay.schleuder_lists == ("machines@nos-oignons.net",)
     assert relay.default_destination_concurrency_limit == 10
+    assert relay.client_limits == ClientLimits(
+        connection_rate_limit=100, message_rate_limit=100, connection_count_limit=20
+    )
     assert site.smarthost.fingerprint_digest == "sha1"
     assert site.smarthost.relay_pins == (REAL_PIN,)
     assert site.package == Package("Nos oignons <contact@nos-oignons.net>", "Nos oignons", "https://nos-oignons.net/")
@@ -844,6 +847,37 @@ CASES = [
         '"orange.fr"',
         "is routed by another transport already",
     ),
+    # relay.client_limits: anvil limits per client address and minute
+    Case(
+        "client-limit-zero",
+        set_("relay", "client_limits", "connection_rate_limit", 0),
+        "relay.client_limits.connection_rate_limit",
+        "0",
+        "must be a whole number from 1 to 10000",
+        "a limit per client address and minute; Postfix's 0 (no limit) is not offered",
+    ),
+    Case(
+        "client-limit-huge",
+        set_("relay", "client_limits", "message_rate_limit", 100000),
+        "relay.client_limits.message_rate_limit",
+        "100000",
+        "must be a whole number from 1 to 10000",
+    ),
+    Case(
+        "client-limit-not-a-number",
+        set_("relay", "client_limits", "connection_count_limit", "20"),
+        "relay.client_limits.connection_count_limit",
+        '"20"',
+        "must be a whole number",
+    ),
+    Case(
+        "client-limits-missing",
+        delete("relay", "client_limits"),
+        "relay.client_limits",
+        None,
+        "missing",
+        "add a [relay.client_limits] table",
+    ),
 ]
 
 
@@ -1004,3 +1038,25 @@ def test_missing_top_level_table_hint(data: Data) -> None:
     error = parse_broken(data, delete("smarthost"))
     assert "[]" not in error.hint
     assert "[smarthost]" in error.hint
+
+
+def test_only_rfc_2142_system_aliases_are_public(data: Data) -> None:
+    """From outside, the system aliases but RFC 2142's get the unknown-user reply; root too."""
+    table = render(parse_site(data, "site.toml"))["relay/tables.d/local_only_recipients"]
+    entries = dict(line.split(None, 1) for line in table.splitlines() if line and not line.startswith("#"))
+    for public in ("postmaster@", "abuse@", "hostmaster@", "webmaster@", "security@", "noc@", "www@", "ftp@"):
+        assert public not in entries
+    for private in ("root@", "debian-tor@", "_apt@", "systemd-network@", "www-data@", "mailer-daemon@"):
+        assert entries[private] == "550 5.1.1 User unknown in local recipient table"
+
+
+def test_client_limits_reach_main_cf(data: Data) -> None:
+    data["relay"]["client_limits"] = {
+        "connection_rate_limit": 7,
+        "message_rate_limit": 8,
+        "connection_count_limit": 9,
+    }
+    lines = render(parse_site(data, "site.toml"))["relay/main.cf"].splitlines()
+    assert "smtpd_client_connection_rate_limit = 7" in lines
+    assert "smtpd_client_message_rate_limit = 8" in lines
+    assert "smtpd_client_connection_count_limit = 9" in lines

@@ -1,0 +1,331 @@
+"""An outside attacker against the booted relay (issue 12), on both runs.
+
+Every client here is in the "world" namespace, outside mynetworks, without a
+node's certificate: what anyone on the Internet can try.  Each case asserts
+on what the relay did (its mail log, its queue, the sink), not only on the
+SMTP replies.  Each case also notes the server's answers in the run's
+report (build/e2e/report.txt).  The cases run in this file's order on one
+test bed per pair; the mail-loop case deletes the machines list and runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+
+import pytest
+
+from tests.e2e.machines import RELAY_WORLD_ADDRESS, SINK_ADDRESS, wait_until
+from tests.e2e.mail import raw_smtp, reply_to
+from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS, Testbed, new_message_id
+
+SENDER = f"sender@{OUTSIDE_DOMAIN}"
+EHLO = ("EHLO attacker.elsewhere.test\r\n", 1)
+QUIT = ("QUIT\r\n", 1)
+# How long a message that must NOT be delivered is given to arrive anyway.
+QUIET_SECONDS = 5.0
+# Addresses of the world namespace used only here, so that anvil's counts of
+# the other clients stay untouched.
+RATE_ATTACKER_ADDRESS = "10.237.1.9"
+MESSAGE_ATTACKER_ADDRESS = "10.237.1.10"
+# The site's anvil limits (sites/nos-oignons.toml, [relay.client_limits]).
+CONNECTION_RATE_LIMIT = 100
+MESSAGE_RATE_LIMIT = 100
+# A loop would keep making messages; one to postmaster may make its own, the
+# pipe(8) bounce to its sender and Schleuder's discarded notice.
+MAX_LOOP_MESSAGES = 3
+LOOP_SETTLE_SECONDS = 60.0
+TESTSSL_TIMEOUT_SECONDS = 600.0
+
+
+def note(bed: Testbed, attack: str, answer: object) -> None:
+    bed.notes.append(f"{bed.name}: {attack}: {answer}")
+
+
+def token() -> str:
+    return f"atk{secrets.token_hex(5)}"
+
+
+def sink_messages_with(bed: Testbed, word: str) -> list[str]:
+    return [m.mail_from for m in bed.sink.messages() if word in m.data or any(word in r for r in m.rcpt_to)]
+
+
+# --- Relaying tricks --------------------------------------------------------
+
+RELAYING_TRICKS = {
+    "percent-hack": "{t}%" + f"{OUTSIDE_DOMAIN}@{DOMAIN}",
+    "bang-path": f"{OUTSIDE_DOMAIN}!" + "{t}" + f"@{DOMAIN}",
+    "quoted-local-part": '"{t}@' + f'{OUTSIDE_DOMAIN}"@{DOMAIN}',
+    "source-route": f"@{DOMAIN}:" + "{t}" + f"@{OUTSIDE_DOMAIN}",
+    "trailing-dot": "{t}@" + f"{OUTSIDE_DOMAIN}.",
+    "address-literal": "{t}@" + f"[{SINK_ADDRESS}]",
+}
+
+
+@pytest.mark.parametrize("trick", sorted(RELAYING_TRICKS))
+def test_relaying_trick_is_refused_and_nothing_reaches_the_outside(bed: Testbed, trick: str) -> None:
+    word = token()
+    recipient = RELAYING_TRICKS[trick].format(t=word)
+    body = f"Subject: {trick} {word}\r\n\r\n{word}\r\n.\r\n"
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), (f"RCPT TO:<{recipient}>\r\n", 1), ("DATA\r\n", 1),
+             (body, -1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps)
+    (rcpt,) = reply_to(session, "RCPT")
+    note(bed, f"relaying trick {trick} <{recipient}>", rcpt)
+    assert rcpt.startswith("5"), f"{trick}: RCPT TO:<{recipient}> got {rcpt}"
+    time.sleep(QUIET_SECONDS)
+    assert sink_messages_with(bed, word) == [], f"{trick}: the sink received the message"
+    queued = re.compile(rf"\]: \w+: to=<[^>]*{word}")  # a delivery attempt, not the NOQUEUE reject
+    delivered = [line for line in bed.mail_log(bed.relay).splitlines() if queued.search(line)]
+    assert delivered == [], f"{trick}: the relay delivered it:\n" + "\n".join(delivered)
+
+
+# --- SMTP smuggling (CVE-2023-51764) ------------------------------------------
+
+SMUGGLING_SEPARATORS = {"lf-dot-lf": "\n.\n", "lf-dot-crlf": "\n.\r\n", "crlf-dot-lf": "\r\n.\n"}
+
+
+@pytest.mark.parametrize("variant", sorted(SMUGGLING_SEPARATORS))
+def test_smuggled_message_stays_inside_the_first_one(bed: Testbed, variant: str) -> None:
+    """A bare-LF end of data followed by a second transaction: one message is queued, never two."""
+    word = token()
+    forged = f"forged-{word}@{DOMAIN}"
+    recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"  # an alias to the sink: whatever is queued shows there
+    first = f"Message-Id: <{new_message_id('smuggling')}>\r\nSubject: smuggling {word}\r\n\r\nfirst part {word}"
+    smuggled = (
+        f"MAIL FROM:<{forged}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+        f"From: <{forged}>\r\nSubject: smuggled {word}\r\n\r\nsmuggled part {word}\r\n"
+    )
+    payload = first + SMUGGLING_SEPARATORS[variant] + smuggled + ".\r\n"
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), (f"RCPT TO:<{recipient}>\r\n", 1), ("DATA\r\n", 1),
+             (payload, -1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps)
+    answers = reply_to(session, "Message-Id")
+    note(bed, f"smuggling {variant}", answers)
+    assert answers, f"{variant}: no reply to the data"
+    assert answers[0].startswith("250"), f"{variant}: the message was not accepted: {answers}"
+
+    bed.sink.wait_for(f"the {variant} message", lambda m: f"first part {word}" in m.data, 90)
+    time.sleep(QUIET_SECONDS)
+    senders = sink_messages_with(bed, word)
+    assert senders == [SENDER], f"{variant}: the sink received {len(senders)} messages, from {senders}"
+    forged_lines = [line for line in bed.mail_log(bed.relay).splitlines() if f"from=<{forged}>" in line]
+    assert forged_lines == [], f"{variant}: the relay queued the smuggled message:\n" + "\n".join(forged_lines)
+
+
+# --- What the server tells and whom it listens to ------------------------------
+
+
+def test_vrfy_is_refused(bed: Testbed) -> None:
+    (session,) = raw_smtp(bed, [EHLO, ("VRFY postmaster\r\n", 1), (f"VRFY debian-tor@{DOMAIN}\r\n", 1), QUIT])
+    answers = reply_to(session, "VRFY")
+    note(bed, "VRFY postmaster, VRFY debian-tor", answers)
+    assert [a[:3] for a in answers] == ["502", "502"], answers
+
+
+def test_mail_without_helo_is_refused(bed: Testbed) -> None:
+    (session,) = raw_smtp(bed, [(f"MAIL FROM:<{SENDER}>\r\n", 1), QUIT])
+    (answer,) = reply_to(session, "MAIL")
+    note(bed, "MAIL FROM without HELO", answer)
+    assert answer.startswith("503"), answer
+
+
+@pytest.mark.parametrize(
+    ("sender", "code"),
+    [(f"someone@no-such-host.{OUTSIDE_DOMAIN}", "550"), ("someone@nodots", "504"), (SENDER, "250")],
+    ids=["unknown-domain", "not-fully-qualified", "real-domain"],
+)
+def test_sender_domain_must_exist(bed: Testbed, sender: str, code: str) -> None:
+    steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<postmaster@{DOMAIN}>\r\n", 1), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    (answer,) = reply_to(session, "RCPT")
+    note(bed, f"MAIL FROM:<{sender}> RCPT TO:<postmaster@{DOMAIN}>", answer)
+    assert answer.startswith(code), answer
+
+
+SYSTEM_ALIASES = [
+    f"debian-tor@{DOMAIN}", f"debian-tor+x@{DOMAIN}", f"_apt@bulbe.{DOMAIN}", f"root@{DOMAIN}",
+    "systemd-network@nos-oignons.org", f"www-data@{DOMAIN}",
+]  # fmt: skip
+RFC2142_ADDRESSES = [f"postmaster@{DOMAIN}", f"abuse@{DOMAIN}", "hostmaster@nos-oignons.fr",
+                     f"security@{DOMAIN}", f"webmaster+x@{DOMAIN}"]  # fmt: skip
+
+
+def test_system_aliases_are_unknown_outside_but_rfc_2142_ones_are_public(bed: Testbed) -> None:
+    addresses = SYSTEM_ALIASES + RFC2142_ADDRESSES
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *((f"RCPT TO:<{a}>\r\n", 1) for a in addresses), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    answers = dict(zip(addresses, reply_to(session, "RCPT"), strict=True))
+    note(bed, "RCPT of system and RFC 2142 aliases", answers)
+    unknown = f"<nobody-here@{DOMAIN}>: Recipient address rejected: User unknown in local recipient table"
+    for address in SYSTEM_ALIASES:
+        # The very reply an address that does not exist gets: nothing is told.
+        assert answers[address] == "550 5.1.1 " + unknown.replace(f"nobody-here@{DOMAIN}", address), answers
+    for address in RFC2142_ADDRESSES:
+        assert answers[address].startswith("250"), answers
+
+
+# --- TLS ---------------------------------------------------------------------------
+
+
+def s_client(bed: Testbed, port: int, *options: str) -> str:
+    """The protocol and cipher of a TLS session to the relay, or "" if the handshake failed."""
+    starttls = ["-starttls", "smtp"] if port == 25 else []
+    result = bed.world(
+        ["openssl", "s_client", "-connect", f"{RELAY_WORLD_ADDRESS}:{port}", *starttls, *options], 60, ""
+    )
+    found = re.search(r"^New, (TLSv[\d.]+), Cipher is (\S+)", result.stdout, re.M)
+    return f"{found.group(1)} {found.group(2)}" if found else ""
+
+
+@pytest.mark.parametrize("port", [25, 465])
+def test_only_tls_1_2_and_later(bed: Testbed, port: int) -> None:
+    # SECLEVEL=0: the client itself would refuse TLS 1.0 and 1.1; the refusal must be the server's.
+    sessions = {version: s_client(bed, port, f"-{version}", "-cipher", "DEFAULT@SECLEVEL=0")
+                for version in ("tls1", "tls1_1", "tls1_2")}  # fmt: skip
+    sessions["tls1_3"] = s_client(bed, port, "-tls1_3")
+    note(bed, f"TLS versions on port {port}", sessions)
+    assert sessions["tls1"] == "", sessions
+    assert sessions["tls1_1"] == "", sessions
+    assert sessions["tls1_2"].startswith("TLSv1.2 "), sessions
+    assert sessions["tls1_3"].startswith("TLSv1.3 "), sessions
+
+
+def test_smtps_offers_only_forward_secret_aead_ciphers(bed: Testbed) -> None:
+    offered = {cipher: s_client(bed, 465, "-tls1_2", "-cipher", f"{cipher}@SECLEVEL=0")
+               for cipher in ("AES256-GCM-SHA384", "AES128-SHA", "ECDHE-RSA-AES128-SHA256",
+                              "ECDHE-RSA-AES256-GCM-SHA384")}  # fmt: skip
+    note(bed, "TLS 1.2 ciphers on port 465", offered)
+    # Static RSA (no forward secrecy) and CBC are refused; ECDHE with GCM is taken.
+    assert offered["AES256-GCM-SHA384"] == "", offered
+    assert offered["AES128-SHA"] == "", offered
+    assert offered["ECDHE-RSA-AES128-SHA256"] == "", offered
+    assert offered["ECDHE-RSA-AES256-GCM-SHA384"] == "TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384", offered
+
+
+@pytest.mark.parametrize("port", [25, 465])
+def test_testssl_finds_nothing_not_ok_but_the_self_signed_certificate(bed: Testbed, port: int) -> None:
+    """testssl.sh (Debian's package) against the relay: every finding it rates NOT ok fails the test.
+
+    The test relay's certificate is self-signed (the nodes pin its key): that finding alone is expected.
+    """
+    starttls = ["--starttls", "smtp"] if port == 25 else []
+    started = time.monotonic()
+    result = bed.world(
+        ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none", "--connect-timeout", "10",
+         "--openssl-timeout", "10", *starttls, f"{RELAY_WORLD_ADDRESS}:{port}"],
+        TESTSSL_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    findings = [line.strip() for line in result.stdout.splitlines() if "NOT ok" in line]
+    unexpected = [line for line in findings if "self signed" not in line and "self-signed" not in line]
+    note(bed, f"testssl.sh on port {port} ({seconds:.0f} s)", findings or "no NOT ok finding")
+    assert "Done" in result.stdout or "Testing protocols" in result.stdout, result.stdout[-3000:] + result.stderr
+    assert unexpected == [], "\n".join(unexpected)
+
+
+# --- Floods ------------------------------------------------------------------------
+
+
+def _with_world_address(bed: Testbed, address: str) -> None:
+    bed.network.address(bed.network.world, "to-bulbe", address)
+
+
+def _without_world_address(bed: Testbed, address: str) -> None:
+    bed.network.ip(bed.network.world, "address", "del", f"{address}/24", "dev", "to-bulbe")
+
+
+def test_connection_flood_is_cut_by_anvil(bed: Testbed) -> None:
+    _with_world_address(bed, RATE_ATTACKER_ADDRESS)
+    try:
+        sessions = raw_smtp(bed, [QUIT], source=RATE_ATTACKER_ADDRESS, connections=CONNECTION_RATE_LIMIT + 5)
+    finally:
+        _without_world_address(bed, RATE_ATTACKER_ADDRESS)
+    greetings = [session[0][1][0] if session[0][1] else "" for session in sessions]
+    welcomed = sum(1 for g in greetings if g.startswith("220 "))
+    refused = [g for g in greetings if g.startswith("421 ")]
+    note(bed, f"{len(greetings)} connections in a row", f"{welcomed} x 220, {len(refused)} x {refused[:1]}")
+    assert welcomed <= CONNECTION_RATE_LIMIT, f"{welcomed} connections welcomed"
+    assert refused, greetings[-3:]
+    assert "too many connections" in refused[0], refused[0]
+
+
+def test_message_flood_is_cut_by_anvil(bed: Testbed) -> None:
+    mail = (f"MAIL FROM:<{SENDER}>\r\n", 1)
+    steps = [EHLO, *([mail, ("RSET\r\n", 1)] * (MESSAGE_RATE_LIMIT + 5)), QUIT]
+    _with_world_address(bed, MESSAGE_ATTACKER_ADDRESS)
+    try:
+        (session,) = raw_smtp(bed, steps, source=MESSAGE_ATTACKER_ADDRESS)
+    finally:
+        _without_world_address(bed, MESSAGE_ATTACKER_ADDRESS)
+    answers = reply_to(session, "MAIL")
+    accepted = sum(1 for a in answers if a.startswith("250"))
+    refused = [a for a in answers if not a.startswith("250")]
+    note(bed, f"{len(answers)} MAIL FROM in one session", f"{accepted} x 250, then {refused[:1]}")
+    assert accepted == MESSAGE_RATE_LIMIT, answers[-6:]
+    assert refused, answers[-3:]
+    assert refused[0].startswith("4"), refused[0]
+
+
+# --- Mail loops between root and Schleuder ---------------------------------------
+
+
+def test_postinst_warned_that_the_machines_list_did_not_exist(bed: Testbed) -> None:
+    """The relay was installed before its list was created (tests/e2e/testbed.py)."""
+    assert f"root's mail goes to the Schleuder list {LIST_ADDRESS}, which does not exist" in bed.install_logs["relay"]
+
+
+def _queue(bed: Testbed) -> list[dict[str, object]]:
+    return [json.loads(line) for line in bed.relay.check("postqueue -j").splitlines() if line.strip()]
+
+
+def _only_outside_mail_waits(bed: Testbed, entries: list[dict[str, object]]) -> bool:
+    """Nothing in the queue but mail deferred on its way to outside domains."""
+    local_domains = (*bed.artifacts.site.relay.destinations, "localhost")
+    for entry in entries:
+        recipients = entry.get("recipients")
+        if entry.get("queue_name") != "deferred" or not isinstance(recipients, list):
+            return False
+        for recipient in recipients:
+            domain = str(recipient.get("address", "")).rpartition("@")[2].lower()
+            if domain in local_domains:
+                return False
+    return True
+
+
+def test_no_mail_loop_while_the_machines_list_is_missing(bed: Testbed) -> None:
+    """postmaster -> root -> the missing list: Schleuder fails, its notice to root@localhost must not loop."""
+    bed.relay.check(f"schleuder-cli lists delete {LIST_ADDRESS} --YES", timeout=120)
+    assert LIST_ADDRESS not in bed.relay.run("schleuder-cli lists list", timeout=120).stdout
+    since = bed.relay.check("date '+%Y-%m-%d %H:%M:%S'").strip()
+    time.sleep(1)
+    message_id = new_message_id("loop")
+    result = bed.swaks("--from", SENDER, "--to", f"postmaster@{DOMAIN}", "--header", f"Message-Id: <{message_id}>")
+    assert "250 2.0.0" in result.stdout, result.stdout[-2000:]
+
+    def handled() -> bool | None:
+        log = bed.mail_log(bed.relay)
+        return (
+            True
+            if re.search(rf"to=<{re.escape(LIST_ADDRESS)}>.*relay=schleuder.*status=", log) and (message_id in log)
+            else None
+        )
+
+    wait_until("the relay's delivery attempt to the missing list", handled, 90)
+    deadline = time.monotonic() + LOOP_SETTLE_SECONDS
+    while not _only_outside_mail_waits(bed, _queue(bed)) and time.monotonic() < deadline:
+        time.sleep(2)
+    log = bed.relay.check(f"journalctl --no-pager -q -o short-iso --facility=mail --since '{since}'", timeout=60)
+    created = re.findall(r"postfix/cleanup\[\d+\]: (\w+): message-id=", log)
+    discarded = [line for line in log.splitlines() if " discard: " in line and "<root@localhost>" in line]
+    note(bed, "one message to postmaster without the machines list",
+         f"{len(created)} messages queued, {len(discarded)} Schleuder notices discarded")  # fmt: skip
+    queue = _queue(bed)
+    assert _only_outside_mail_waits(bed, queue), f"mail still waiting on the relay after a minute: {queue}"
+    assert 1 <= len(created) <= MAX_LOOP_MESSAGES, f"{len(created)} messages:\n{log[-4000:]}"
+    # Nothing new a few seconds later: the chain has ended.
+    time.sleep(QUIET_SECONDS)
+    later = bed.relay.check(f"journalctl --no-pager -q -o short-iso --facility=mail --since '{since}'", timeout=60)
+    assert len(re.findall(r"postfix/cleanup\[\d+\]: (\w+): message-id=", later)) == len(created), later[-3000:]
