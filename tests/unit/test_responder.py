@@ -100,30 +100,39 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(state_directory: Path, port: int = 25) -> Any:
-    return responder.Config(
-        from_address=OWN_ADDRESS,
-        subject="Re: donations / dons",
-        body=BODY,
-        rate_limit_seconds=WEEK,
-        state_directory=state_directory,
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-    )
+GLOBAL_LIMIT = 5
+HOUR = 3600
+OWN_DOMAINS = ["nos-oignons.net", "bulbe.nos-oignons.net"]
 
 
-def write_config(path: Path, state_directory: Path, port: int, /, **changes: Any) -> Path:
+def config_data(state_directory: Path, port: int, /, **changes: Any) -> dict[str, Any]:
+    """The responder's JSON configuration, as render.responder_config() writes it."""
     data: dict[str, Any] = {
         "from_address": OWN_ADDRESS,
         "subject": "Re: donations / dons",
         "body": BODY,
         "rate_limit_seconds": WEEK,
+        "global_reply_limit": GLOBAL_LIMIT,
+        "global_window_seconds": HOUR,
+        "recipient_delimiter": "+",
+        "own_domains": OWN_DOMAINS,
         "state_directory": str(state_directory),
         "smtp_host": "127.0.0.1",
         "smtp_port": port,
     }
     data.update(changes)
-    path.write_text(json.dumps(data), encoding="utf-8")
+    return data
+
+
+def make_config(state_directory: Path, port: int = 25) -> Any:
+    data = config_data(state_directory, port)
+    return responder.Config(
+        **{**data, "own_domains": tuple(OWN_DOMAINS), "state_directory": state_directory},
+    )
+
+
+def write_config(path: Path, state_directory: Path, port: int, /, **changes: Any) -> Path:
+    path.write_text(json.dumps(config_data(state_directory, port, **changes)), encoding="utf-8")
     return path
 
 
@@ -613,7 +622,9 @@ def test_main_logs_rule_and_does_not_connect(run: Run, smtp_server: SMTPServer) 
 
 def test_main_smtp_failure_defers_and_records_nothing(run_without_smtp: Run, state_directory: Path) -> None:
     assert run_without_smtp(raw_message()) == 75
-    assert os.listdir(state_directory) == []
+    # The global limit's slot is given back: the retry may use it.
+    assert os.listdir(state_directory) == [responder.GLOBAL_STATE]
+    assert (state_directory / responder.GLOBAL_STATE).read_bytes() == b""
     assert "deferring" in run_without_smtp.log[-1]
 
 
