@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.unit.test_site import Data, data, parse_broken, set_
 
 from oignons_mail.render import render
 from oignons_mail.site import parse_site
-from tests.unit.test_site import Data, data, parse_broken, set_
 
 __all__ = ["data"]  # the fixture: the real site file, parsed
 
