@@ -945,6 +945,9 @@ def _run(argv: Sequence[str], stdin: BinaryIO, log: Log, clock: Clock) -> int:
     sender: str = arguments.sender.strip()
     recipient: str = arguments.recipient.strip()
     queue_id: str = arguments.queue_id.strip()
+    if queue_id:
+        # Like Postfix's own lines, so that one grep finds the whole story.
+        log = _prefixed(log, f"{queue_id}: ")
 
     try:
         config = load_config(arguments.config)
@@ -961,6 +964,13 @@ def _run(argv: Sequence[str], stdin: BinaryIO, log: Log, clock: Clock) -> int:
         log(f"no reply to {sender or '<>'}: {reason}")
         return EX_OK
     return _reply_once(message, sender, config, log, clock)
+
+
+def _prefixed(log: Log, prefix: str) -> Log:
+    def prefixed_log(line: str) -> None:
+        log(prefix + line)
+
+    return prefixed_log
 
 
 def _decide(

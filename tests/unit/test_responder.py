@@ -906,7 +906,7 @@ def test_main_declines_spam_by_the_trusted_verdict(run: Run, smtp_server: SMTPSe
     raw = raw_message(*rspamd_headers("Yes, score=12.00", "add header"))
     assert responder.main(argv, io.BytesIO(raw), log=run.log.append, clock=run.clock) == 0
     assert smtp_server.connections == 0
-    assert run.log == [f"no reply to {SENDER}: rspamd says spam (X-Spam-Status: Yes, score=12.00)"]
+    assert run.log == [f"{QUEUE_ID}: no reply to {SENDER}: rspamd says spam (X-Spam-Status: Yes, score=12.00)"]
 
 
 # Comments, stripped in one pass.
