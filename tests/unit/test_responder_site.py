@@ -14,6 +14,8 @@ __all__ = ["data"]  # the fixture: the real site file, parsed
 
 
 def test_defaults_when_left_out(data: Data) -> None:
+    for key in ("global_rate_limit", "global_rate_window", "process_limit", "time_limit"):
+        data["relay"]["responder"].pop(key, None)
     responder = parse_site(data, "site.toml").relay.responder
     assert responder.global_rate_limit == 20
     assert responder.global_rate_window_seconds == 3600
