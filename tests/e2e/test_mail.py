@@ -400,14 +400,14 @@ smtp.quit()
 
 def _responder_verdicts(bed: Testbed, senders: list[str]) -> dict[str, str]:
     """Each sender's verdict in the responder's syslog lines, once every one has one."""
-    pattern = re.compile(r"oignons-mail-responder\[\d+\]: \w+: (?:no reply to|replied to) (\S+?):? (.*)$")
+    pattern = re.compile(r"oignons-mail-responder\[\d+\]: \w+: (no reply|replied) to (\S+?):? (.*)$")
 
     def verdicts() -> dict[str, str] | None:
         found = {}
         for line in bed.mail_log(bed.relay).splitlines():
             match = pattern.search(line)
-            if match and match[1] in senders:
-                found[match[1]] = "replied" if " replied to " in line else match[2]
+            if match and match[2] in senders:
+                found[match[2]] = "replied" if match[1] == "replied" else match[3]
         return found if len(found) == len(senders) else None
 
     return wait_until(f"the responder's verdict on {len(senders)} messages", verdicts, 240)
