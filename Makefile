@@ -80,4 +80,4 @@ include $(wildcard mk/*.mk)
 # the responder's time on hostile messages at several sizes (linear growth).
 bench:
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
-	$(PYTHON) bench/responder_hostile.py
+	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py

@@ -328,7 +328,10 @@ def _header_values(message: Message, name: str) -> list[str]:
 
 
 def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+    # In a parsed header value every line break starts a continuation line
+    # (or ends the value): removing them unfolds it.  str.replace is many
+    # times faster than a regular expression on long hostile values.
+    return value.replace("\r\n", "").replace("\n", "").strip()
 
 
 # A run of characters without special meaning, or one special character.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -23,26 +22,13 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from tests.responder_script import SCRIPT, load_responder
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "oignons_mail_responder.py"
-
-
-def _load_responder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("oignons_mail_responder", _SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the module up in sys.modules while decorating.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-responder = _load_responder()
+_SCRIPT = SCRIPT
+responder = load_responder()
 
 OWN_ADDRESS = "dons@nos-oignons.net"
 SENDER = "alice@example.org"
