@@ -80,6 +80,8 @@ clean:
 # QA (piuparts, sbuild, autopkgtest) and end-to-end mail tests live in their own files.
 include $(wildcard mk/*.mk)
 
-# Figures, not tests: timings of validation and rendering, package sizes.
+# Figures, not tests: timings of validation and rendering, package sizes,
+# the responder's time on hostile messages at several sizes (linear growth).
 bench:
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
+	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py

@@ -7,18 +7,37 @@ pipe(8) as the unprivileged user ``oignons-responder``::
     responder unix - n n - - pipe flags=Rq user=oignons-responder null_sender=
       argv=/usr/lib/oignons-mail-relay/responder
       --config /usr/share/oignons-mail-relay/responder.json
-      --sender ${sender} --recipient ${original_recipient}
+      --sender ${sender} --recipient ${original_recipient} --queue-id ${queue_id}
 
-The incoming message is read from standard input.  At most one reply per
-envelope sender and rate window is sent, following RFC 3834 and the usual
-vacation(1) rules, and it is submitted by SMTP with a null envelope sender so
-that any bounce of the reply is discarded instead of looping back to us.
+The incoming message is read from standard input (its header section only, up
+to a size bound; the rest is drained unread).  A reply follows RFC 3834 and
+the usual vacation(1) rules, and it is submitted by SMTP with a null envelope
+sender so that any bounce of the reply is discarded instead of looping back.
+
+Envelope senders are forged at will, so the reply must not become backscatter:
+
+- at most one reply per sender and rate window, the sender's address taken
+  without its "+extension" (a+1@x ... a+20@x are one sender);
+- at most ``global_reply_limit`` replies per ``global_window_seconds`` in all,
+  whoever the senders are: the bound on what a flood of forged senders gets;
+- no reply to the site's own domains (its lists and aliases), nor when
+  rspamd's milter judged the message spam or found the sender's domain failing
+  SPF, DKIM or DMARC.  Those verdicts are read from the headers rspamd adds
+  (X-Spam-Status, X-Rspamd-Action, Authentication-Results), and only when the
+  message also carries rspamd's X-Rspamd-Queue-Id equal to the Postfix queue
+  ID that pipe(8) passes: a copy supplied by the sender cannot know it.  Without
+  rspamd (or without that proof) only the two rate limits apply.
+
+Whatever the message contains, it is handled in time linear in its size and
+never makes the responder fail: hostile input is logged (escaped) and the
+exit status is 0, so that Postfix never retries it nor bounces it to a forged
+sender.
 
 Exit codes follow sysexits(3) as interpreted by pipe(8): 0 when the message
 was handled (whether or not a reply was sent), 75 (EX_TEMPFAIL) when Postfix
-should retry later, 78 (EX_CONFIG) for a bad configuration file (also retried
-by Postfix, giving the administrator time to fix it) and 64 (EX_USAGE) for bad
-command-line arguments.
+should retry later (the SMTP submission or the state directory failed), 78
+(EX_CONFIG) for a bad configuration file (also retried by Postfix, giving the
+administrator time to fix it) and 64 (EX_USAGE) for bad command-line arguments.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import smtplib
 import socket
 import sys
@@ -43,7 +63,7 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import format_datetime, getaddresses, make_msgid
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -57,6 +77,16 @@ PROGRAM = "oignons-mail-responder"
 SMTP_TIMEOUT_SECONDS = 30.0
 LOCK_TIMEOUT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
+
+# Only the header section is examined.  A legitimate message's headers are a
+# few kilobytes (Postfix's header_size_limit caps one header at 100 KiB); a
+# larger header section is hostile and gets no reply.  The body is drained in
+# chunks of this size and dropped, so memory stays bounded too.
+MAX_HEADER_BYTES = 1 << 20
+_READ_CHUNK = 1 << 16
+# Log lines quote parts of the message: cut them so that a hostile header
+# does not fill the log.
+_MAX_SHOWN = 200
 
 # Local parts (compared case-insensitively, with and without a "+extension")
 # that belong to robots, mailing-list software or people who asked not to be
@@ -89,6 +119,15 @@ _LIST_HEADERS = frozenset(
 _BULK_PRECEDENCES = frozenset({"bulk", "list", "junk"})
 _SUPPRESSING_TOKENS = frozenset({"all", "oof", "autoreply"})
 
+# rspamd's milter_headers module (conffiles/rspamd-milter-headers.conf):
+# X-Spam-Status is "Yes, score=..." for every action but these two.
+_RSPAMD_HAM_ACTIONS = frozenset({"no action", "greylist"})
+# Authentication-Results methods and results meaning that the sender's
+# domain does not vouch for this message: the envelope sender is likely
+# forged, and the reply would go to an innocent third party.
+_FAILED_AUTHENTICATION = frozenset({("spf", "fail"), ("spf", "softfail"), ("dkim", "fail"), ("dmarc", "fail")})
+_RESINFO_RE = re.compile(r"([A-Za-z0-9-]+)\s*=\s*([A-Za-z0-9-]+)")
+
 # Only printable ASCII without angle brackets or spaces may appear in the
 # msg-ids we copy into the reply, so that a hostile message cannot inject
 # headers or produce something the folding code cannot handle.
@@ -106,10 +145,18 @@ _CONFIG_KEYS: dict[str, type] = {
     "subject": str,
     "body": str,
     "rate_limit_seconds": int,
+    "global_reply_limit": int,
+    "global_window_seconds": int,
+    "recipient_delimiter": str,
+    "own_domains": list,
     "state_directory": str,
     "smtp_host": str,
     "smtp_port": int,
 }
+
+# The global limit's record, next to the per-sender files (named by a hex
+# digest, so no sender can collide with it).
+GLOBAL_STATE = "global"
 
 Log = Callable[[str], None]
 Clock = Callable[[], float]
@@ -133,6 +180,10 @@ class Config:
     subject: str
     body: str
     rate_limit_seconds: int
+    global_reply_limit: int
+    global_window_seconds: int
+    recipient_delimiter: str
+    own_domains: tuple[str, ...]
     state_directory: Path
     smtp_host: str
     smtp_port: int
@@ -150,6 +201,16 @@ _CONFIG_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "body": (lambda value: bool(value.strip()), "must not be empty"),
     "rate_limit_seconds": (lambda value: value >= 0, "must not be negative"),
+    "global_reply_limit": (lambda value: value >= 0, "must not be negative"),
+    "global_window_seconds": (lambda value: value > 0, "must be positive"),
+    "recipient_delimiter": (
+        lambda value: all(not c.isalnum() and not c.isspace() and c not in "@." for c in value),
+        "must be punctuation characters other than '@' and '.' (or empty)",
+    ),
+    "own_domains": (
+        lambda value: all(isinstance(domain, str) and domain and "@" not in domain for domain in value),
+        "must be a list of domain names",
+    ),
     "state_directory": (os.path.isabs, "must be an absolute path"),
     "smtp_host": (
         lambda value: bool(value) and not any(c.isspace() for c in value),
@@ -190,15 +251,23 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if not check(value):
             raise ConfigError(f"{name}: key {key!r} {requirement}: {value!r}")
 
-    return Config(**{**data, "state_directory": Path(data["state_directory"])})
+    return Config(
+        **{
+            **data,
+            "own_domains": tuple(domain.lower() for domain in data["own_domains"]),
+            "state_directory": Path(data["state_directory"]),
+        }
+    )
 
 
 def _parse_address(address: str) -> Address | None:
     """Return the parsed addr-spec, or None if it is not a usable address."""
     # Non-ASCII would need SMTPUTF8; control characters could inject headers.
     # Spaces are fine inside a quoted local part, which pipe(8)'s "q" flag
-    # produces; the parser below rejects them anywhere else.
-    if not address.isascii() or any(ord(c) < 0x20 or c == "\x7f" for c in address):
+    # produces; the parser below rejects them anywhere else.  An address is
+    # at most 254 characters (RFC 5321 section 4.5.3.1.3), which also bounds
+    # the parser's work.
+    if len(address) > 254 or not address.isascii() or any(ord(c) < 0x20 or c == "\x7f" for c in address):
         return None
     try:
         parsed = Address(addr_spec=address)
@@ -211,12 +280,40 @@ def _parse_address(address: str) -> Address | None:
     return parsed
 
 
+def read_header_section(stream: BinaryIO) -> bytes | None:
+    """The message's header section (up to the empty line), or None if it
+    exceeds MAX_HEADER_BYTES; the rest of the stream is read and dropped.
+
+    Reading everything lets pipe(8) write the whole message without a broken
+    pipe; each byte is looked at a bounded number of times.
+    """
+    collected = bytearray()
+    end: int | None = None
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            break
+        if end is None and len(collected) <= MAX_HEADER_BYTES:
+            # Only the new bytes (and three before them) can hold the separator.
+            start = max(0, len(collected) - 3)
+            collected += chunk
+            found = [i for i in (collected.find(b"\n\n", start), collected.find(b"\n\r\n", start)) if i >= 0]
+            if found:
+                end = min(found) + 1
+    if end is None:
+        end = len(collected)
+    if end > MAX_HEADER_BYTES:
+        return None
+    return bytes(collected[:end])
+
+
 def parse_message(data: bytes) -> Message:
     """Parse the headers of a raw message without ever raising.
 
     The compat32 policy keeps header values as the raw strings found in the
-    message; the checks below do their own lenient interpretation instead of
-    relying on the structured header parser, which can raise on garbage.
+    message (bytes that are not ASCII become surrogate escapes); the checks
+    below do their own lenient interpretation instead of relying on the
+    structured header parser, which can raise on garbage.
     """
     return BytesParser(policy=policy.compat32).parsebytes(data, headersonly=True)
 
@@ -231,16 +328,57 @@ def _header_values(message: Message, name: str) -> list[str]:
 
 
 def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+    # In a parsed header value every line break starts a continuation line
+    # (or ends the value): removing them unfolds it.  str.replace is many
+    # times faster than a regular expression on long hostile values.
+    return value.replace("\r\n", "").replace("\n", "").strip()
 
 
-def _strip_comments(value: str) -> str:
-    # Repeat so that nested comments such as "(a (b) c)" disappear too.
-    previous = None
-    while previous != value:
-        previous = value
-        value = re.sub(r"\([^()]*\)", " ", value)
-    return value.strip()
+# A run of characters without special meaning, or one special character.
+_COMMENT_TOKEN_RE = re.compile(r'[^()\\"]+|\\.?|[()"]', re.DOTALL)
+
+
+def strip_comments(value: str) -> str:
+    """``value`` without its RFC 5322 comments, nested ones included.
+
+    One pass over the value: each comment becomes a space, a quoted string is
+    kept as it is (parentheses inside it are not comments), a quoted pair is
+    kept verbatim, an unbalanced ")" is kept and an unclosed "(" runs to the
+    end.
+    """
+    kept: list[str] = []
+    depth = 0
+    quoted = False
+    for match in _COMMENT_TOKEN_RE.finditer(value):
+        piece = match.group()
+        if depth:
+            if piece == "(":
+                depth += 1
+            elif piece == ")":
+                depth -= 1
+                if not depth:
+                    kept.append(" ")
+        elif quoted:
+            kept.append(piece)
+            quoted = piece != '"'
+        elif piece == "(":
+            depth = 1
+        else:
+            kept.append(piece)
+            quoted = piece == '"'
+    return "".join(kept).strip()
+
+
+def _shown(value: str) -> str:
+    """A part of the message as quoted in a log line (the line is escaped later)."""
+    return value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + f"... ({len(value)} characters)"
+
+
+def loggable(line: str) -> str:
+    """``line`` in printable ASCII: non-ASCII, undecodable bytes (surrogate
+    escapes) and control characters become backslash escapes, so that no
+    message can break the syslog call or forge log lines."""
+    return line.encode("unicode_escape").decode("ascii")
 
 
 def _automated_local_part(local: str) -> str | None:
@@ -258,34 +396,43 @@ def _automated_local_part(local: str) -> str | None:
     return None
 
 
-def _sender_reason(sender: str, own_addresses: Sequence[str]) -> str | None:
+def _sender_reason(sender: str, own_addresses: Sequence[str], own_domains: Sequence[str]) -> str | None:
     if not sender:
         return "null envelope sender"
     if sender.lower() == "mailer-daemon":
         return "envelope sender is MAILER-DAEMON"
     parsed = _parse_address(sender)
     if parsed is None:
-        return f"unusable envelope sender address {sender!r}"
+        return f"unusable envelope sender address {_shown(sender)!r}"
     automated = _automated_local_part(parsed.username.lower())
     if automated is not None:
         return f"envelope sender local part {automated}"
+    return _own_sender_reason(sender, parsed.domain.lower(), own_addresses, own_domains)
+
+
+def _own_sender_reason(
+    sender: str, domain: str, own_addresses: Sequence[str], own_domains: Sequence[str]
+) -> str | None:
     if sender.lower() in {own.lower() for own in own_addresses if own}:
         return "envelope sender is the responder's own address"
+    if domain in own_domains:
+        # Every address there is one of the site's aliases or lists.
+        return f"envelope sender is in the site's own domain {domain} (its lists and aliases)"
     return None
 
 
 def _header_reason(message: Message, own_address: str) -> str | None:
     for value in _header_values(message, "Auto-Submitted"):
-        keyword = _strip_comments(value.split(";", 1)[0]).lower()
+        keyword = strip_comments(value.split(";", 1)[0]).lower()
         if keyword != "no":
-            return f"Auto-Submitted: {keyword or '(empty)'}"
+            return f"Auto-Submitted: {_shown(keyword) or '(empty)'}"
 
     for name, _value in message.raw_items():
         if name.lower() in _LIST_HEADERS:
-            return f"mailing list header {name}"
+            return f"mailing list header {_shown(name)}"
 
     for value in _header_values(message, "Precedence"):
-        keyword = _strip_comments(value).lower()
+        keyword = strip_comments(value).lower()
         if keyword in _BULK_PRECEDENCES:
             return f"Precedence: {keyword}"
 
@@ -297,10 +444,37 @@ def _header_reason(message: Message, own_address: str) -> str | None:
 
     own = own_address.lower()
     for value in _header_values(message, "X-Loop"):
-        addresses = {address.lower() for _name, address in getaddresses([value])}
-        if own in addresses or value.lower() == own:
+        # X-Loop carries an address, perhaps in angle brackets or with a comment.
+        if own in re.split(r"[\s<>,;]+", strip_comments(value).lower()):
             return "X-Loop contains the responder's own address"
 
+    return None
+
+
+def rspamd_reason(message: Message, queue_id: str) -> str | None:
+    """Why rspamd's verdict forbids a reply, or None (also when there is no
+    trustworthy verdict: without rspamd, only the rate limits apply).
+
+    The verdict is trusted only if rspamd's X-Rspamd-Queue-Id equals the
+    Postfix queue ID of this delivery.  rspamd's milter also removes every
+    incoming copy of the headers it adds (remove = 0 in its configuration), so
+    a sender cannot supply the verdict while rspamd runs, and while it does
+    not, a copy supplied by the sender lacks the queue ID.
+    """
+    if not queue_id or queue_id not in (strip_comments(v) for v in _header_values(message, "X-Rspamd-Queue-Id")):
+        return None
+    for value in _header_values(message, "X-Spam-Status"):
+        if value.split(",", 1)[0].strip().lower() == "yes":
+            return f"rspamd says spam (X-Spam-Status: {_shown(value)})"
+    for value in _header_values(message, "X-Rspamd-Action"):
+        if value.lower() not in _RSPAMD_HAM_ACTIONS:
+            return f"rspamd says spam (X-Rspamd-Action: {_shown(value)})"
+    for value in _header_values(message, "Authentication-Results"):
+        # authserv-id; method=result (comment) property=value; ...
+        for resinfo in strip_comments(value).split(";")[1:]:
+            match = _RESINFO_RE.match(resinfo.strip())
+            if match and (match[1].lower(), match[2].lower()) in _FAILED_AUTHENTICATION:
+                return f"rspamd: the sender's domain fails {match[1].lower()} ({match[1].lower()}={match[2].lower()})"
     return None
 
 
@@ -309,13 +483,30 @@ def reason_not_to_reply(
     sender: str,
     own_address: str,
     recipient: str = "",
+    *,
+    own_domains: Sequence[str] = (),
+    queue_id: str = "",
 ) -> str | None:
     """Return why no reply must be sent, or None if a reply is acceptable.
 
-    The rate limit is not checked here: it needs the state directory and a
-    lock, see RateLimiter.
+    The rate limits are not checked here: they need the state directory and
+    locks, see RateLimiter and GlobalLimit.
     """
-    return _sender_reason(sender, (own_address, recipient)) or _header_reason(message, own_address)
+    return (
+        _sender_reason(sender, (own_address, recipient), own_domains)
+        or _header_reason(message, own_address)
+        or rspamd_reason(message, queue_id)
+    )
+
+
+def rate_limit_key(sender: str, delimiter: str) -> str:
+    """The address that the per-sender limit counts: lower case, without the
+    "+extension" (Postfix's recipient_delimiter), so that a+1@x ... a+20@x,
+    all delivered to one mailbox, get one reply between them."""
+    local, _, domain = sender.lower().rpartition("@")
+    for character in delimiter:
+        local = local.split(character, 1)[0]
+    return f"{local}@{domain}" if local else sender.lower()
 
 
 def _message_ids(value: str) -> list[str]:
@@ -405,6 +596,48 @@ def submit_reply(
         smtp.close()
 
 
+def _lock(fd: int, deadline: float, timeout: float) -> None:
+    # Polling rather than a blocking flock() keeps the wait bounded.
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for a lock")
+        time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _open_locked(path: Path, timeout: float) -> int:
+    """Open ``path`` (created if missing) and lock it exclusively; the fd."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            _lock(fd, deadline, timeout)
+            if _is_current(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder removed the file while we were waiting.
+        os.close(fd)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked meanwhile)."""
+    opened = os.fstat(fd)
+    try:
+        current = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 class Reservation:
     """An exclusive lock on one sender's state file.
 
@@ -452,15 +685,18 @@ class Reservation:
         with contextlib.suppress(OSError):
             if not self.recorded and os.fstat(self._fd).st_size == 0:
                 # Still holding the lock: waiters notice the unlink through
-                # the inode check in RateLimiter._open_locked() and retry.
+                # the inode check in _open_locked() and retry.
                 os.unlink(self._path)
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
+_STATE_NAME_RE = re.compile(r"[0-9a-f]{64}")
+
+
 class RateLimiter:
-    """One state file per sender, named by the sha256 of the lower-cased
-    address, whose mtime is the time of the last reply."""
+    """One state file per sender, named by the sha256 of its rate-limit key
+    (rate_limit_key()), whose mtime is the time of the last reply."""
 
     def __init__(
         self,
@@ -499,7 +735,7 @@ class RateLimiter:
         when the state directory is unusable.
         """
         path = self.state_path(sender)
-        fd = self._open_locked(path)
+        fd = _open_locked(path, self.lock_timeout)
         try:
             reservation = Reservation(fd, path, self.window_seconds, self.clock)
         except BaseException:
@@ -510,42 +746,105 @@ class RateLimiter:
         finally:
             reservation.close()
 
-    def _open_locked(self, path: Path) -> int:
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                self._lock(fd, deadline)
-                opened = os.fstat(fd)
-                try:
-                    current = os.stat(path, follow_symlinks=False)
-                except FileNotFoundError:
-                    current = None
-                if current is not None and (current.st_dev, current.st_ino) == (
-                    opened.st_dev,
-                    opened.st_ino,
-                ):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            # The previous holder removed the file while we were waiting.
-            os.close(fd)
+    def prune(self) -> int:
+        """Remove the state files older than the window; how many went.
 
-    def _lock(self, fd: int, deadline: float) -> None:
-        # Polling rather than a blocking flock() keeps the wait bounded.
-        while True:
+        A file locked by a running responder is skipped (it is in use), and
+        the age is checked again under the lock, so that a reply recorded
+        meanwhile is never lost.  The directory then holds at most the
+        senders answered within one window, which the global limit bounds.
+        """
+        removed = 0
+        now = self.clock()
+        for entry in os.scandir(self.state_directory):
+            if not _STATE_NAME_RE.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if abs(now - entry.stat(follow_symlinks=False).st_mtime) < self.window_seconds:
+                    continue
+                removed += self._remove_if_stale(Path(entry.path), now)
+        return removed
+
+    def _remove_if_stale(self, path: Path, now: float) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {self.lock_timeout:g}s waiting for a lock")
-            time.sleep(_LOCK_POLL_SECONDS)
+            except OSError:
+                return 0
+            if not _is_current(fd, path) or abs(now - os.fstat(fd).st_mtime) < self.window_seconds:
+                return 0
+            os.unlink(path)
+            return 1
+        finally:
+            os.close(fd)
+
+
+class GlobalLimit:
+    """At most ``limit`` replies per ``window_seconds``, all senders together.
+
+    The record is one file: a line "<time> <token>" per reply within the
+    window, rewritten (older lines dropped) under an exclusive lock each time
+    a reply is counted, so it never holds more than ``limit`` lines.
+    """
+
+    def __init__(
+        self,
+        state_directory: str | os.PathLike[str],
+        limit: int,
+        window_seconds: float,
+        *,
+        clock: Clock = time.time,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    ) -> None:
+        self.path = Path(state_directory) / GLOBAL_STATE
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self.lock_timeout = lock_timeout
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[tuple[int, list[tuple[float, str]]]]:
+        fd = _open_locked(self.path, self.lock_timeout)
+        try:
+            yield fd, self._recent(fd)
+        finally:
+            os.close(fd)
+
+    def _recent(self, fd: int) -> list[tuple[float, str]]:
+        now = self.clock()
+        size = os.fstat(fd).st_size
+        # At most `limit` lines of ~40 bytes are ever written; more is damage.
+        text = os.pread(fd, min(size, 64 * (self.limit + 1)), 0).decode("ascii", "replace")
+        recent = []
+        for line in text.splitlines():
+            stamp, _, token = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                # abs(): a clock that jumped backwards frees the slots after one window.
+                if abs(now - float(stamp)) < self.window_seconds:
+                    recent.append((float(stamp), token))
+        return recent
+
+    @staticmethod
+    def _write(fd: int, entries: list[tuple[float, str]]) -> None:
+        content = "".join(f"{stamp:.0f} {token}\n" for stamp, token in entries).encode("ascii")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, content, 0)
+
+    def take(self) -> str | None:
+        """Count one reply now; its token (for give_back()), or None when
+        ``limit`` replies were already sent within the window."""
+        with self._locked() as (fd, recent):
+            if len(recent) >= self.limit:
+                return None
+            token = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self._write(fd, [*recent, (self.clock(), token)])
+            return token
+
+    def give_back(self, token: str) -> None:
+        """Uncount a reply that could not be sent after all."""
+        with self._locked() as (fd, recent):
+            self._write(fd, [entry for entry in recent if entry[1] != token])
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -557,6 +856,9 @@ class _ArgumentParser(argparse.ArgumentParser):
         if message:
             sys.stderr.write(message)
         raise UsageError(message or "", status)
+
+
+_OPTIONS_WITH_VALUES = ("--config", "--sender", "--recipient", "--queue-id")
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -571,6 +873,11 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="envelope sender (empty for the null sender)",
     )
     parser.add_argument("--recipient", default="", help="original envelope recipient (for logging)")
+    parser.add_argument(
+        "--queue-id",
+        default="",
+        help="Postfix queue ID; rspamd's verdict is trusted only if it names this ID",
+    )
     return parser
 
 
@@ -580,7 +887,7 @@ def _glue_option_values(argv: Sequence[str]) -> list[str]:
     glued: list[str] = []
     words = iter(argv)
     for word in words:
-        if word in ("--config", "--sender", "--recipient"):
+        if word in _OPTIONS_WITH_VALUES:
             value = next(words, None)
             glued.append(word if value is None else f"{word}={value}")
         else:
@@ -611,7 +918,11 @@ def main(
     clock: Clock = time.time,
 ) -> int:
     """Run the responder; return a sysexits(3) code for pipe(8)."""
-    emit = _default_log if log is None else log
+    sink = _default_log if log is None else log
+
+    def emit(line: str) -> None:
+        sink(loggable(line))
+
     try:
         return _run(
             sys.argv[1:] if argv is None else argv,
@@ -622,7 +933,7 @@ def main(
     except Exception as error:
         # A bug must not bounce the donor's message: defer it so that it can
         # be delivered once the responder is fixed.
-        emit(f"internal error, deferring: {type(error).__name__}: {error}")
+        emit(f"internal error, deferring: {type(error).__name__}: {_shown(str(error))}")
         return EX_TEMPFAIL
 
 
@@ -636,6 +947,10 @@ def _run(argv: Sequence[str], stdin: BinaryIO, log: Log, clock: Clock) -> int:
         return EX_OK
     sender: str = arguments.sender.strip()
     recipient: str = arguments.recipient.strip()
+    queue_id: str = arguments.queue_id.strip()
+    if queue_id:
+        # Like Postfix's own lines, so that one grep finds the whole story.
+        log = _prefixed(log, f"{queue_id}: ")
 
     try:
         config = load_config(arguments.config)
@@ -644,26 +959,67 @@ def _run(argv: Sequence[str], stdin: BinaryIO, log: Log, clock: Clock) -> int:
         return EX_CONFIG
 
     try:
-        data = stdin.read()
+        message, reason = _decide(stdin, config, sender, recipient, queue_id)
     except OSError as error:
         log(f"cannot read the message, deferring: {error}")
         return EX_TEMPFAIL
-    message = parse_message(data)
-
-    reason = reason_not_to_reply(message, sender, config.from_address, recipient)
-    if reason is not None:
+    if message is None or reason is not None:
         log(f"no reply to {sender or '<>'}: {reason}")
         return EX_OK
     return _reply_once(message, sender, config, log, clock)
 
 
-def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: Clock) -> int:
-    """Reply unless the rate limit forbids it; return the exit code."""
-    limiter = RateLimiter(config.state_directory, config.rate_limit_seconds, clock=clock)
+def _prefixed(log: Log, prefix: str) -> Log:
+    def prefixed_log(line: str) -> None:
+        log(prefix + line)
+
+    return prefixed_log
+
+
+def _decide(
+    stdin: BinaryIO, config: Config, sender: str, recipient: str, queue_id: str
+) -> tuple[Message | None, str | None]:
+    """Read the message; it (None if unusable) and why not to reply (None
+    if a reply may go).
+
+    Raises OSError if standard input cannot be read.
+    """
+    header_section = read_header_section(stdin)
+    if header_section is None:
+        return None, f"header section larger than {MAX_HEADER_BYTES} bytes"
     try:
-        with limiter.reserve(sender) as reservation:
+        message = parse_message(header_section)
+        reason = reason_not_to_reply(
+            message, sender, config.from_address, recipient, own_domains=config.own_domains, queue_id=queue_id
+        )
+    # Whatever the message holds, the decision is "no reply", never a
+    # deferral that Postfix would end up bouncing to a (forged) sender.
+    except Exception as error:
+        return None, f"cannot interpret the message ({type(error).__name__}: {_shown(str(error))})"
+    return message, reason
+
+
+def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: Clock) -> int:
+    """Reply unless a rate limit forbids it; return the exit code."""
+    key = rate_limit_key(sender, config.recipient_delimiter)
+    limiter = RateLimiter(config.state_directory, config.rate_limit_seconds, clock=clock)
+    global_limit = GlobalLimit(
+        config.state_directory, config.global_reply_limit, config.global_window_seconds, clock=clock
+    )
+    try:
+        with limiter.reserve(key) as reservation:
             if reservation.limited:
-                log(f"no reply to {sender}: already replied within {config.rate_limit_seconds}s (rate limit)")
+                log(
+                    f"no reply to {sender}: already replied to {key} within {config.rate_limit_seconds}s"
+                    " (per-sender rate limit)"
+                )
+                return EX_OK
+            token = global_limit.take()
+            if token is None:
+                log(
+                    f"no reply to {sender}: {config.global_reply_limit} replies already sent within"
+                    f" {config.global_window_seconds}s (global rate limit)"
+                )
                 return EX_OK
             now = datetime.fromtimestamp(clock(), UTC).astimezone()
             reply = build_reply(message, sender, config, now)
@@ -671,6 +1027,8 @@ def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: 
                 submit_reply(reply, sender, config.smtp_host, config.smtp_port)
             except OSError as error:
                 log(f"SMTP submission to {config.smtp_host}:{config.smtp_port} failed, deferring: {error}")
+                with contextlib.suppress(OSError):
+                    global_limit.give_back(token)
                 return EX_TEMPFAIL
             try:
                 reservation.record()
@@ -679,10 +1037,14 @@ def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: 
                 log(f"replied to {sender} but could not record it: {error}")
                 return EX_OK
             log(f"replied to {sender} (message {reply['Message-ID']})")
-            return EX_OK
     except OSError as error:
         log(f"state directory {config.state_directory} unusable, deferring: {error}")
         return EX_TEMPFAIL
+    try:
+        limiter.prune()
+    except OSError as error:
+        log(f"could not prune the state directory {config.state_directory}: {error}")
+    return EX_OK
 
 
 if __name__ == "__main__":

@@ -260,6 +260,9 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("transport_maps", postfix.comma_list([postfix.table("transport"), *schleuder, responder])),
         *([("schleuder_destination_recipient_limit", "1")] if schleuder else []),
         ("responder_destination_recipient_limit", "1"),
+        # pipe(8) kills a responder that runs longer (the default, 1000s, let
+        # hostile messages hold a process for minutes).
+        ("responder_time_limit", f"{relay.responder.time_limit_seconds}s"),
         ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
         *alias_settings(),
     ]
@@ -298,6 +301,7 @@ def relay_master_cf(site: Site) -> list[str]:
             "unix",
             "pipe",
             unprivileged="n",
+            process_limit=str(site.relay.responder.process_limit),
             arguments=(
                 "flags=Rq",
                 f"user={RESPONDER_USER}",
@@ -309,6 +313,9 @@ def relay_master_cf(site: Site) -> list[str]:
                 "${sender}",
                 "--recipient",
                 "${original_recipient}",
+                # rspamd's verdict headers count only if they name this queue ID.
+                "--queue-id",
+                "${queue_id}",
             ),
         ),
         # Each throttled transport logs under its own name (postfix/slow/smtp),
@@ -372,6 +379,12 @@ def responder_config(site: Site) -> str:
         "subject": responder.subject,
         "body": responder.text,
         "rate_limit_seconds": responder.rate_limit_seconds,
+        "global_reply_limit": responder.global_rate_limit,
+        "global_window_seconds": responder.global_rate_window_seconds,
+        # The per-sender limit counts a+1@x and a+2@x as a@x.
+        "recipient_delimiter": site.relay.recipient_delimiter,
+        # Every address there is one of the site's lists or aliases: never answered.
+        "own_domains": list(site.relay.destinations),
         "state_directory": RESPONDER_STATE,
         "smtp_host": "127.0.0.1",
         "smtp_port": 25,

@@ -60,7 +60,14 @@ class Responder:
     iban: str  # grouped by four, as printed for people
     bic: str
     account_holder: str
-    rate_limit_seconds: int
+    rate_limit_seconds: int  # per sender (its address without +extension)
+    # At most global_rate_limit replies per global_rate_window_seconds, all
+    # senders together: what a flood of forged senders can get at most.
+    global_rate_limit: int
+    global_rate_window_seconds: int
+    # master.cf process limit and main.cf responder_time_limit.
+    process_limit: int
+    time_limit_seconds: int
     text: str  # placeholders already filled in
 
 
@@ -634,6 +641,20 @@ def _parse_client_limits(table: _Table) -> ClientLimits:
     return limits
 
 
+# The responder's defaults when [relay.responder] leaves them out (README.md,
+# "The donation responder"): 20 replies an hour in all is plenty for donors
+# and little backscatter; a few processes and two minutes (one SMTP timeout
+# plus one lock wait) bound what a flood of messages can take from the host.
+RESPONDER_GLOBAL_RATE_LIMIT = 20
+RESPONDER_GLOBAL_RATE_WINDOW = "1h"
+RESPONDER_PROCESS_LIMIT = 4
+RESPONDER_TIME_LIMIT = "120s"
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
     from_address = table.string("from_address", mail_address)
     if from_address.rpartition("@")[2] not in destinations:
@@ -653,6 +674,14 @@ def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
         bic=fields["bic"],
         account_holder=fields["account_holder"],
         rate_limit_seconds=postfix_time_seconds(table.string("rate_limit", positive_time)),
+        global_rate_limit=_or_default(table.optional_integer("global_rate_limit"), RESPONDER_GLOBAL_RATE_LIMIT),
+        global_rate_window_seconds=postfix_time_seconds(
+            table.optional_string("global_rate_window", positive_time) or RESPONDER_GLOBAL_RATE_WINDOW
+        ),
+        process_limit=_or_default(table.optional_integer("process_limit"), RESPONDER_PROCESS_LIMIT),
+        time_limit_seconds=postfix_time_seconds(
+            table.optional_string("time_limit", positive_time) or RESPONDER_TIME_LIMIT
+        ),
         text=text.strip("\n") + "\n",
     )
     table.finish()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -319,6 +321,15 @@ def _relay_queue_empty(bed: Testbed) -> bool | None:
     return True if "Mail queue is empty" in bed.relay.check("postqueue -p") else None
 
 
+def _responder_log(bed: Testbed, delivery_line: str) -> str:
+    """The responder's own syslog line for the delivery (it starts with the message's queue ID)."""
+    queue_id = delivery_line.split("]: ")[1].split(":", maxsplit=1)[0]
+    lines = [line for line in bed.mail_log(bed.relay).splitlines() if "oignons-mail-responder[" in line]
+    found = [line for line in lines if f"]: {queue_id}: " in line]
+    assert len(found) == 1, f"expected one responder line for {queue_id}, found {found}"
+    return found[0]
+
+
 def test_donation_responder_replies_once_with_the_iban(bed: Testbed) -> None:
     iban = bed.artifacts.site.relay.responder.iban
     sender = f"donor@{OUTSIDE_DOMAIN}"
@@ -327,8 +338,10 @@ def test_donation_responder_replies_once_with_the_iban(bed: Testbed) -> None:
     assert reply.mail_from == "", f"the reply's envelope sender is {reply.mail_from!r}, not <>"
     assert iban in message_text(reply.data), f"no IBAN {iban} in the reply:\n{reply.data}"
     assert header(reply.data, "Auto-Submitted").startswith("auto-replied")
-    second = _send_to_responder(bed, "dons-2", sender)
-    assert "no reply to" in second, f"the responder did not hold back its second reply:\n{second}"
+    second = _responder_log(bed, _send_to_responder(bed, "dons-2", sender))
+    window = bed.artifacts.site.relay.responder.rate_limit_seconds
+    expected = f"no reply to {sender}: already replied to {sender} within {window}s (per-sender rate limit)"
+    assert second.endswith(expected), f"the responder held back its second reply for another reason:\n{second}"
     wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 60)
     time.sleep(QUIET_SECONDS)
     assert len(_replies_to(bed, sender)) == 1, "a second reply within the rate window"
@@ -351,6 +364,117 @@ def test_donation_responder_ignores_automatic_mail(bed: Testbed, label: str, ext
     time.sleep(QUIET_SECONDS)
     if sender:
         assert _replies_to(bed, sender) == [], f"the responder replied to {label} mail"
+
+
+def test_rspamd_writes_its_verdict_and_drops_the_senders_copy(bed: Testbed) -> None:
+    """The headers the responder trusts are rspamd's: a copy in the incoming message is removed."""
+    forged = ("--header", "X-Spam-Status: No, forged", "--header", "X-Rspamd-Queue-Id: FORGED",
+              "--header", "Authentication-Results: forged.example; spf=pass")  # fmt: skip
+    arguments, message_id = swaks_message("verdict", f"verdict@{OUTSIDE_DOMAIN}", f"{TEST_ALIAS[0]}@{DOMAIN}", *forged)
+    assert final_reply(bed.swaks(*arguments).stdout, "250 2.0.0"), "not accepted"
+    received = bed.sink.wait_for("the message with forged verdict headers", lambda m: message_id in m.data, 60)
+    queue_id = re.findall(rf"\]: (\w+): message-id=<{re.escape(message_id)}>", bed.mail_log(bed.relay))[0]
+    names = [line.split(":", 1)[0].lower() for line in received.data.split("\n\n", 1)[0].splitlines()]
+    assert names.count("x-spam-status") == 1, received.data
+    assert header(received.data, "X-Spam-Status").startswith("No, score="), received.data
+    assert names.count("x-rspamd-queue-id") == 1, received.data
+    assert header(received.data, "X-Rspamd-Queue-Id") == queue_id, received.data
+    assert "forged.example" not in received.data
+
+
+# rspamd's GTUBE-like pattern for the "add header" action (enabled on the test relay).
+GTUBE_ADD_HEADER = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def test_donation_responder_does_not_answer_what_rspamd_calls_spam(bed: Testbed) -> None:
+    sender = f"spammer@{OUTSIDE_DOMAIN}"
+    message_id = new_message_id("dons-spam")
+    result = bed.swaks(
+        "--from", sender, "--to", f"dons@{DOMAIN}", "--header", f"Message-Id: <{message_id}>",
+        "--header", "Subject: e2e spam", "--body", f"Un don ?\n{GTUBE_ADD_HEADER}\n",
+    )  # fmt: skip
+    assert final_reply(result.stdout, "250 2.0.0"), f"dons@ did not accept the spam: {replies(result.stdout)}"
+    line = wait_for_delivery(bed, bed.relay, message_id, r"to=<dons@nos-oignons\.net>, relay=responder, .*status=sent")
+    verdict = _responder_log(bed, line)
+    assert f"no reply to {sender}: rspamd says spam (X-Spam-Status: Yes, score=" in verdict, verdict
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 60)
+    time.sleep(QUIET_SECONDS)
+    assert _replies_to(bed, sender) == [], "the responder answered spam"
+
+
+def _forge_burst(bed: Testbed, senders: list[str], label: str) -> None:
+    """One SMTP session from the outside, one message to dons@ per forged sender (a burst, not a trickle)."""
+    script = f"""
+import smtplib, sys
+from email.utils import formatdate
+smtp = smtplib.SMTP({RELAY_WORLD_ADDRESS!r}, 25, local_hostname="client.{OUTSIDE_DOMAIN}", timeout=60)
+for number, sender in enumerate(sys.stdin.read().split()):
+    headers = [f"From: <{{sender}}>", "To: <dons@{DOMAIN}>", "Subject: {label} %d" % number,
+               "Date: " + formatdate(), "Message-Id: <{label}-%d@e2e.{OUTSIDE_DOMAIN}>" % number]
+    smtp.sendmail(sender, ["dons@{DOMAIN}"], "\\r\\n".join(headers) + "\\r\\n\\r\\nComment faire un don ?\\r\\n")
+smtp.quit()
+"""
+    result = bed.world(["/usr/bin/python3", "-c", script], timeout=180, input_text="\n".join(senders))
+    assert result.returncode == 0, f"the burst failed:\n{result.stdout}\n{result.stderr}"
+
+
+def _responder_verdicts(bed: Testbed, senders: list[str]) -> dict[str, str]:
+    """Each sender's verdict in the responder's syslog lines, once every one has one."""
+    pattern = re.compile(r"oignons-mail-responder\[\d+\]: \w+: (no reply|replied) to (\S+?):? (.*)$")
+
+    def verdicts() -> dict[str, str] | None:
+        found = {}
+        for line in bed.mail_log(bed.relay).splitlines():
+            match = pattern.search(line)
+            if match and match[2] in senders:
+                found[match[2]] = "replied" if match[1] == "replied" else match[3]
+        return found if len(found) == len(senders) else None
+
+    return wait_until(f"the responder's verdict on {len(senders)} messages", verdicts, 240)
+
+
+@pytest.fixture
+def fresh_global_limit(bed: Testbed) -> Iterator[int]:
+    """The responder's global count emptied, before (earlier cases replied) and after (later ones may need it)."""
+    state = "/var/lib/oignons-mail-relay/responder/global"
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 60)
+    bed.relay.check(f"rm -f {state}")
+    yield bed.artifacts.site.relay.responder.global_rate_limit
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 120)
+    bed.relay.check(f"rm -f {state}")
+
+
+def test_address_extensions_get_one_reply(bed: Testbed, fresh_global_limit: int) -> None:
+    senders = [f"target+{number}@{OUTSIDE_DOMAIN}" for number in range(1, 21)]
+    _forge_burst(bed, senders, "extensions")
+    verdicts = _responder_verdicts(bed, senders)
+    replied = [sender for sender, verdict in verdicts.items() if verdict == "replied"]
+    assert len(replied) == 1, f"replies to {replied}"
+    window = bed.artifacts.site.relay.responder.rate_limit_seconds
+    held = f"already replied to target@{OUTSIDE_DOMAIN} within {window}s (per-sender rate limit)"
+    assert sorted(v for s, v in verdicts.items() if s not in replied) == [held] * 19, verdicts
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 60)
+    time.sleep(QUIET_SECONDS)
+    received = [r for m in bed.sink.messages() for r in m.rcpt_to if r in senders]
+    assert received == replied, "the sink did not get exactly the one reply"
+
+
+def test_a_burst_of_forged_senders_gets_at_most_the_global_limit(bed: Testbed, fresh_global_limit: int) -> None:
+    senders = [f"forged{number}-{secrets.token_hex(3)}@{OUTSIDE_DOMAIN}" for number in range(50)]
+    started = time.monotonic()
+    _forge_burst(bed, senders, "burst")
+    verdicts = _responder_verdicts(bed, senders)
+    elapsed = time.monotonic() - started
+    replied = [sender for sender, verdict in verdicts.items() if verdict == "replied"]
+    window = bed.artifacts.site.relay.responder.global_rate_window_seconds
+    held = f"{fresh_global_limit} replies already sent within {window}s (global rate limit)"
+    assert len(replied) == fresh_global_limit, f"{len(replied)} replies to 50 forged senders"
+    assert sorted(v for s, v in verdicts.items() if s not in replied) == [held] * (50 - fresh_global_limit)
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 120)
+    time.sleep(QUIET_SECONDS)
+    received = sorted(r for m in bed.sink.messages() for r in m.rcpt_to if r in senders)
+    assert received == sorted(replied), "the sink's replies differ from the responder's log"
+    bed.notes.append(f"responder burst: 50 forged senders -> {len(replied)} replies, verdicts in {elapsed:.0f}s")
 
 
 # --- Greylisting --------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -23,26 +22,13 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from tests.responder_script import SCRIPT, load_responder
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "oignons_mail_responder.py"
-
-
-def _load_responder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("oignons_mail_responder", _SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the module up in sys.modules while decorating.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-responder = _load_responder()
+_SCRIPT = SCRIPT
+responder = load_responder()
 
 OWN_ADDRESS = "dons@nos-oignons.net"
 SENDER = "alice@example.org"
@@ -100,30 +86,39 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(state_directory: Path, port: int = 25) -> Any:
-    return responder.Config(
-        from_address=OWN_ADDRESS,
-        subject="Re: donations / dons",
-        body=BODY,
-        rate_limit_seconds=WEEK,
-        state_directory=state_directory,
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-    )
+GLOBAL_LIMIT = 5
+HOUR = 3600
+OWN_DOMAINS = ["nos-oignons.net", "bulbe.nos-oignons.net"]
 
 
-def write_config(path: Path, state_directory: Path, port: int, /, **changes: Any) -> Path:
+def config_data(state_directory: Path, port: int, /, **changes: Any) -> dict[str, Any]:
+    """The responder's JSON configuration, as render.responder_config() writes it."""
     data: dict[str, Any] = {
         "from_address": OWN_ADDRESS,
         "subject": "Re: donations / dons",
         "body": BODY,
         "rate_limit_seconds": WEEK,
+        "global_reply_limit": GLOBAL_LIMIT,
+        "global_window_seconds": HOUR,
+        "recipient_delimiter": "+",
+        "own_domains": OWN_DOMAINS,
         "state_directory": str(state_directory),
         "smtp_host": "127.0.0.1",
         "smtp_port": port,
     }
     data.update(changes)
-    path.write_text(json.dumps(data), encoding="utf-8")
+    return data
+
+
+def make_config(state_directory: Path, port: int = 25) -> Any:
+    data = config_data(state_directory, port)
+    return responder.Config(
+        **{**data, "own_domains": tuple(OWN_DOMAINS), "state_directory": state_directory},
+    )
+
+
+def write_config(path: Path, state_directory: Path, port: int, /, **changes: Any) -> Path:
+    path.write_text(json.dumps(config_data(state_directory, port, **changes)), encoding="utf-8")
     return path
 
 
@@ -613,7 +608,9 @@ def test_main_logs_rule_and_does_not_connect(run: Run, smtp_server: SMTPServer) 
 
 def test_main_smtp_failure_defers_and_records_nothing(run_without_smtp: Run, state_directory: Path) -> None:
     assert run_without_smtp(raw_message()) == 75
-    assert os.listdir(state_directory) == []
+    # The global limit's slot is given back: the retry may use it.
+    assert os.listdir(state_directory) == [responder.GLOBAL_STATE]
+    assert (state_directory / responder.GLOBAL_STATE).read_bytes() == b""
     assert "deferring" in run_without_smtp.log[-1]
 
 
@@ -750,3 +747,328 @@ def test_valid_config_is_loaded(tmp_path: Path, state_directory: Path) -> None:
     path = write_config(tmp_path / "responder.json", state_directory, 2525)
     config = responder.load_config(path)
     assert config == make_config(state_directory, 2525)
+
+
+# Forged senders: the global limit, the +extension, the site's own domains.
+
+
+def test_global_limit_caps_replies_to_distinct_senders(run: Run, smtp_server: SMTPServer, clock: FakeClock) -> None:
+    senders = [f"forged{i}@victim{i}.example" for i in range(GLOBAL_LIMIT + 3)]
+    assert [run(raw_message(), sender=sender) for sender in senders] == [0] * len(senders)
+    assert [t.rcpt_to for t in smtp_server.transactions] == [[f"<{s}>"] for s in senders[:GLOBAL_LIMIT]]
+    assert run.log[-1] == (
+        f"no reply to {senders[-1]}: {GLOBAL_LIMIT} replies already sent within {HOUR}s (global rate limit)"
+    )
+    # One window later, the limit has room again.
+    clock.advance(HOUR)
+    assert run(raw_message(), sender="donor@example.net") == 0
+    assert len(smtp_server.transactions) == GLOBAL_LIMIT + 1
+
+
+def test_global_record_holds_only_the_window(
+    run: Run, smtp_server: SMTPServer, clock: FakeClock, state_directory: Path
+) -> None:
+    for i in range(3 * GLOBAL_LIMIT):
+        run(raw_message(), sender=f"donor{i}@example.net")
+        clock.advance(HOUR / GLOBAL_LIMIT)
+    assert len(smtp_server.transactions) == 3 * GLOBAL_LIMIT
+    lines = (state_directory / responder.GLOBAL_STATE).read_text().splitlines()
+    assert 0 < len(lines) <= GLOBAL_LIMIT
+
+
+@pytest.mark.parametrize("delimiter", ["+", "-+"])
+def test_address_extensions_share_one_reply(run: Run, smtp_server: SMTPServer, delimiter: str, tmp_path: Path) -> None:
+    if delimiter != "+":
+        run.config_path = write_config(
+            tmp_path / "responder.json", Path(json.loads(run.config_path.read_text())["state_directory"]),
+            smtp_server.port, recipient_delimiter=delimiter,
+        )  # fmt: skip
+    senders = [f"target+{i}@example.org" for i in range(1, 21)]
+    assert [run(raw_message(), sender=sender) for sender in senders] == [0] * 20
+    assert len(smtp_server.transactions) == 1
+    assert run.log[-1] == (
+        "no reply to target+20@example.org: already replied to target@example.org within"
+        f" {WEEK}s (per-sender rate limit)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "delimiter", "key"),
+    [
+        ("a+1@x.example", "+", "a@x.example"),
+        ("A+Tag+More@X.Example", "+", "a@x.example"),
+        ("a-b+c@x.example", "-+", "a@x.example"),
+        ("a+1@x.example", "", "a+1@x.example"),
+        ("+1@x.example", "+", "+1@x.example"),
+        ('"a+b"@x.example', "+", '"a@x.example'),
+    ],
+)
+def test_rate_limit_key(sender: str, delimiter: str, key: str) -> None:
+    assert responder.rate_limit_key(sender, delimiter) == key
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["schleuder@nos-oignons.net", "machines@nos-oignons.net", "root@BULBE.nos-oignons.net"],
+)
+def test_no_reply_to_the_sites_own_domains(run: Run, smtp_server: SMTPServer, sender: str) -> None:
+    assert run(raw_message(), sender=sender) == 0
+    assert smtp_server.connections == 0
+    domain = sender.rpartition("@")[2].lower()
+    assert run.log == [
+        f"no reply to {sender}: envelope sender is in the site's own domain {domain} (its lists and aliases)"
+    ]
+
+
+# rspamd's verdict, trusted only with the queue ID of this delivery.
+
+QUEUE_ID = "4Xyz1Abc2Q"
+
+
+def rspamd_headers(status: str = "No, score=1.20", action: str = "no action", results: str = "") -> tuple[str, ...]:
+    return (
+        f"X-Rspamd-Queue-Id: {QUEUE_ID}",
+        f"X-Spam-Status: {status}",
+        f"X-Rspamd-Action: {action}",
+        "Authentication-Results: bulbe.nos-oignons.net;\r\n\t" + (results or "dkim=none; spf=none smtp.mailfrom=a@b"),
+    )
+
+
+SPF_COMMENT = "(bulbe.nos-oignons.net: domain of alice@example.org does not designate 192.0.2.1 as permitted sender)"
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        pytest.param(rspamd_headers(), None, id="ham"),
+        pytest.param(
+            rspamd_headers(results=f"dkim=pass header.d=example.org; spf=pass {SPF_COMMENT} smtp.mailfrom=a@b;"
+                                   " dmarc=pass (policy=reject) header.from=example.org"),
+            None, id="all-pass",
+        ),
+        pytest.param(rspamd_headers("Yes, score=9.30", "add header"),
+                     "rspamd says spam (X-Spam-Status: Yes, score=9.30)", id="spam"),
+        pytest.param(rspamd_headers(action="rewrite subject"), "rspamd says spam (X-Rspamd-Action: rewrite subject)",
+                     id="action"),
+        pytest.param(rspamd_headers(action="greylist"), None, id="greylist-is-not-spam"),
+        pytest.param(rspamd_headers(results=f"dkim=none; spf=fail {SPF_COMMENT} smtp.mailfrom=alice@example.org"),
+                     "rspamd: the sender's domain fails spf (spf=fail)", id="spf-fail"),
+        pytest.param(rspamd_headers(results="spf=softfail (x) smtp.mailfrom=a@b"),
+                     "rspamd: the sender's domain fails spf (spf=softfail)", id="spf-softfail"),
+        pytest.param(rspamd_headers(results="dkim=fail (body hash did not verify) header.d=example.org"),
+                     "rspamd: the sender's domain fails dkim (dkim=fail)", id="dkim-fail"),
+        pytest.param(rspamd_headers(results="dkim=none; dmarc=fail reason=\"SPF not aligned\" header.from=example.org"
+                                    " (policy=reject)"),
+                     "rspamd: the sender's domain fails dmarc (dmarc=fail)", id="dmarc-fail"),
+        pytest.param(rspamd_headers(results="spf=neutral (x) smtp.mailfrom=a@b; dkim=temperror"), None,
+                     id="neutral"),
+        # A comment holding "spf=fail" is not a result.
+        pytest.param(rspamd_headers(results="spf=pass (spf=fail ((nested))) smtp.mailfrom=a@b"), None,
+                     id="result-in-comment"),
+    ],
+)  # fmt: skip
+def test_rspamd_verdict(headers: tuple[str, ...], reason: str | None) -> None:
+    message = responder.parse_message(raw_message(*headers))
+    assert responder.reason_not_to_reply(message, SENDER, OWN_ADDRESS, queue_id=QUEUE_ID) == reason
+
+
+@pytest.mark.parametrize(
+    ("queue_id", "headers"),
+    [
+        pytest.param("", rspamd_headers("Yes, score=20"), id="no-queue-id-given"),
+        pytest.param("4OtherQid", rspamd_headers("Yes, score=20"), id="queue-id-differs"),
+        pytest.param(QUEUE_ID, rspamd_headers("Yes, score=20")[1:], id="no-rspamd-queue-id"),
+        pytest.param(QUEUE_ID, (), id="no-rspamd-at-all"),
+    ],
+)
+def test_untrusted_or_absent_verdict_is_ignored(queue_id: str, headers: tuple[str, ...]) -> None:
+    """Without rspamd's proof of origin, its verdict headers are the sender's words: only the rate limits apply."""
+    message = responder.parse_message(raw_message(*headers))
+    assert responder.rspamd_reason(message, queue_id) is None
+
+
+def test_main_declines_spam_by_the_trusted_verdict(run: Run, smtp_server: SMTPServer) -> None:
+    argv = ["--config", str(run.config_path), "--sender", SENDER, "--queue-id", QUEUE_ID]
+    raw = raw_message(*rspamd_headers("Yes, score=12.00", "add header"))
+    assert responder.main(argv, io.BytesIO(raw), log=run.log.append, clock=run.clock) == 0
+    assert smtp_server.connections == 0
+    assert run.log == [f"{QUEUE_ID}: no reply to {SENDER}: rspamd says spam (X-Spam-Status: Yes, score=12.00)"]
+
+
+# Comments, stripped in one pass.
+
+
+@pytest.mark.parametrize(
+    ("value", "stripped"),
+    [
+        ("auto-replied (by a robot)", "auto-replied"),
+        ("(a (b) c) no", "no"),
+        ("no (unclosed (comment", "no"),
+        ("no) stray", "no) stray"),
+        (r"(escaped \) paren) no", "no"),
+        ('"quoted (not a comment)" x', '"quoted (not a comment)" x'),
+        (r'"quoted \" still" (c) x', r'"quoted \" still"   x'),
+        ("a(b)c", "a c"),
+        ("", ""),
+        ("\\", "\\"),
+    ],
+)
+def test_strip_comments(value: str, stripped: str) -> None:
+    assert responder.strip_comments(value) == stripped
+
+
+# Hostile messages: exit 0, the right decision, the reason logged (escaped).
+
+NESTED = "(" * 20_000 + ")" * 20_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "replied", "logged"),
+    [
+        pytest.param(raw_message().replace(b"\r\n\r\n", b"\r\nAuto-Submitted: auto-r\xe9plied\r\n\r\n", 1), False,
+                     "Auto-Submitted: auto-r\\udce9plied", id="non-utf8-auto-submitted"),
+        pytest.param(raw_message(f"Auto-Submitted: {NESTED} auto-replied"), False, "Auto-Submitted: auto-replied",
+                     id="nested-comments-40k"),
+        pytest.param(raw_message(f"Auto-Submitted: no {NESTED}"), True, "replied to", id="nested-comments-then-no"),
+        pytest.param(raw_message(*[f"X-Filler-{i}: {NESTED}" for i in range(30)]), False,
+                     f"header section larger than {1 << 20} bytes", id="huge-header-section"),
+        pytest.param(raw_message("X-Long: " + "x" * 500_000), True, "replied to", id="one-500k-header"),
+        pytest.param(raw_message(*[f"X-Many-{i}: y" for i in range(20_000)]), True, "replied to", id="20k-headers"),
+        pytest.param(raw_message(f"Precedence: {'(' * 50_000}"), True, "replied to", id="unclosed-comments"),
+        pytest.param(raw_message(f"X-Loop: {'<' * 100_000}"), True, "replied to", id="angle-brackets"),
+        pytest.param(raw_message(f"References: {'<' * 100_000}"), True, "replied to", id="references-garbage"),
+        pytest.param(raw_message("Content-Type: multipart/mixed") + b"--no boundary\r\n\xff\xfe\x00", True,
+                     "replied to", id="malformed-mime"),
+        pytest.param(raw_message("Content-Type: text/plain; charset=x-unknown") + b"\xc3\x28\xa0\xa1" * 10_000, True,
+                     "replied to", id="undecodable-body"),
+        pytest.param(raw_message("List-Id: \x1b[31m<evil\x00list>\r\n\tfolded"), False,
+                     "mailing list header List-Id", id="control-characters"),
+        pytest.param(b"Auto-Submitted: auto-replied\nX-\xff\xfe: \xff\n\n" + b"\x00" * 1000, False,
+                     "Auto-Submitted: auto-replied", id="binary-header-names"),
+        pytest.param(b"\r\n" * 100_000, True, "replied to", id="only-blank-lines"),
+        pytest.param(b"Subject: " + b"\n " * 100_000 + b"\n\n", True, "replied to", id="100k-continuation-lines"),
+    ],
+)  # fmt: skip
+def test_hostile_message_exits_0(run: Run, smtp_server: SMTPServer, raw: bytes, replied: bool, logged: str) -> None:
+    assert run(raw) == 0
+    assert len(smtp_server.transactions) == (1 if replied else 0)
+    assert len(run.log) == 1
+    assert logged in run.log[0]
+    assert run.log[0].isascii(), run.log[0]
+    assert run.log[0].isprintable(), run.log[0]
+    assert len(run.log[0]) < 1000
+
+
+def test_body_is_drained_not_kept(run: Run, smtp_server: SMTPServer) -> None:
+    class CountingStream(io.BytesIO):
+        largest = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            CountingStream.largest = max(CountingStream.largest, len(chunk))
+            return chunk
+
+    stream = CountingStream(raw_message() + b"x" * (10 << 20))
+    argv = ["--config", str(run.config_path), "--sender", SENDER]
+    assert responder.main(argv, stream, log=run.log.append, clock=run.clock) == 0
+    assert stream.tell() == len(stream.getvalue()), "pipe(8) must be able to write the whole message"
+    assert CountingStream.largest <= 1 << 16
+
+
+@pytest.mark.parametrize(
+    ("sender", "logged"),
+    [
+        pytest.param("alice\n@example.org", "unusable envelope sender address 'alice\\\\n@example.org'", id="newline"),
+        pytest.param("\udcffalice@example.org", "'\\\\udcffalice@example.org'", id="undecodable"),
+        pytest.param("a" * 5000 + "@example.org", "(5012 characters)", id="long"),
+    ],
+)
+def test_hostile_sender_is_logged_escaped(run: Run, smtp_server: SMTPServer, sender: str, logged: str) -> None:
+    assert run(raw_message(), sender=sender) == 0
+    assert smtp_server.connections == 0
+    assert logged in run.log[0]
+    assert run.log[0].isascii()
+    assert run.log[0].isprintable()
+
+
+def test_a_parser_failure_is_no_reply_not_a_deferral(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_parser(data: bytes) -> None:
+        raise UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(responder, "parse_message", broken_parser)
+    assert run(raw_message()) == 0
+    assert run.log == [
+        f"no reply to {SENDER}: cannot interpret the message (UnicodeEncodeError: 'utf-8' codec can't encode"
+        " character '\\\\udce9' in position 0: surrogates not allowed)"
+    ]
+
+
+def test_script_logs_non_utf8_headers_to_syslog_and_exits_0(
+    tmp_path: Path, state_directory: Path, closed_port: int
+) -> None:
+    """The real log function (stderr and syslog(3)) with what made the old responder exit 75."""
+    config = write_config(tmp_path / "responder.json", state_directory, closed_port)
+    command = [sys.executable, str(_SCRIPT), "--config", str(config), "--sender", "\udce9@example.org"]
+    raw = b"Auto-Submitted: auto-r\xe9plied\xff\n\n"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    result = subprocess.run(command, input=raw, capture_output=True, timeout=60, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"oignons-mail-responder: no reply to \\udce9@example.org: unusable envelope sender" \
+        b" address '\\\\udce9@example.org'\n"  # fmt: skip
+    result = subprocess.run([*command[:-1], SENDER], input=raw, capture_output=True, timeout=60, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stderr
+        == b"oignons-mail-responder: no reply to alice@example.org: Auto-Submitted: auto-r\\udce9plied\\udcff\n"
+    )
+
+
+# State: pruned, bounded, safe under concurrent responders.
+
+
+def test_state_older_than_the_window_is_pruned(
+    run: Run, smtp_server: SMTPServer, clock: FakeClock, state_directory: Path
+) -> None:
+    for i in range(4):
+        run(raw_message(), sender=f"old{i}@example.net")
+    limiter = responder.RateLimiter(state_directory, WEEK, clock=clock)
+    old = {limiter.key(f"old{i}@example.net") for i in range(4)}
+    assert old <= set(os.listdir(state_directory))
+    clock.advance(WEEK)
+    run(raw_message(), sender="new@example.net")
+    assert set(os.listdir(state_directory)) == {limiter.key("new@example.net"), responder.GLOBAL_STATE}
+
+
+def test_pruning_skips_a_state_file_in_use(state_directory: Path) -> None:
+    clock = FakeClock()
+    limiter = responder.RateLimiter(state_directory, WEEK, clock=clock)
+    for sender in ("busy@example.net", "idle@example.net"):
+        with limiter.reserve(sender) as reservation:
+            reservation.record()
+    clock.advance(2 * WEEK)
+    with limiter.reserve("busy@example.net") as reservation:
+        assert not reservation.limited
+        assert limiter.prune() == 1
+        reservation.record()
+    assert os.listdir(state_directory) == [limiter.key("busy@example.net")]
+    assert limiter.last_reply("busy@example.net") == pytest.approx(START + 2 * WEEK)
+
+
+def test_concurrent_responders_respect_the_global_limit(
+    tmp_path: Path, state_directory: Path, smtp_server: SMTPServer
+) -> None:
+    """pipe(8) runs several responders at once: the file locks keep the count exact."""
+    config = write_config(tmp_path / "responder.json", state_directory, smtp_server.port, global_reply_limit=3)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(_SCRIPT), "--config", str(config), "--sender", f"forged{i}@victim.example"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(10)
+    ]
+    outputs = [process.communicate(raw_message(), timeout=60)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 10
+    assert len(smtp_server.transactions) == 3
+    assert sum(b"(global rate limit)" in output for output in outputs) == 7
