@@ -20,7 +20,7 @@ import pytest
 
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
-from oignons_mail.site import ClientLimits, Package, Site, TlsPolicy, Transport, load_site, parse_site
+from oignons_mail.site import ClientLimits, Package, TlsPolicy, Transport, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_FILE = REPO / "tests" / "golden" / "nos-oignons" / "in" / "site.toml"
