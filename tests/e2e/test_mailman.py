@@ -69,3 +69,4 @@ def test_a_list_created_afterwards_receives_mail_over_smtp(bed: Testbed) -> None
 
     logged = wait_until(f"<{message_id}> in Mailman's log", in_mailman_log, 60)
     assert LIST_ADDRESS in logged or "e2e-mailman" in logged, logged
+    print(f"{bed.name}: Postfix: {line}\nMailman: {logged}")
