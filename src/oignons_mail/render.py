@@ -202,7 +202,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("mynetworks", postfix.LOOPBACK_NETWORKS),
         ("recipient_delimiter", relay.recipient_delimiter),
         # Only aliases, Schleuder lists and the responder receive mail: no
-        # passwd lookup.  The postinst appends Mailman 3's table when it exists.
+        # passwd lookup.  The postinst appends Mailman 3's table while mailman3 is installed.
         ("local_recipient_maps", postfix.comma_list(["$alias_maps", *schleuder, responder])),
         ("smtpd_banner", f"$myhostname ESMTP $mail_name ({relay.banner_suffix})"),
         # Closed relay: only local programs and the fleet's nodes (by their

@@ -80,6 +80,9 @@ RELAY_PACKAGES = (
 )  # fmt: skip
 SMARTHOST_PACKAGES = COMMON_PACKAGES
 
+# The most `systemd-analyze security` may rate the relay's Postfix unit.
+MAX_EXPOSURE = 3.0
+
 # The unit that runs Postfix's main instance (shared/postfix-on-debian.md).
 MAIN_POSTFIX_UNIT = {"bookworm": "postfix@-.service", "trixie": "postfix.service"}
 
@@ -440,6 +443,22 @@ class Testbed:
     def name(self) -> str:
         return f"relay {self.relay.release}, smarthost {self.smarthost.release}"
 
+    def relay_exposure(self) -> float:
+        """`systemd-analyze security`'s exposure of the relay's Postfix unit as it runs."""
+        unit = self.relay_unit
+        return _exposure(self.relay.check(f"systemd-analyze security --no-pager {unit}"), unit)
+
+    def stock_relay_exposure(self) -> float:
+        """The same, for Debian's unit alone: no drop-in of ours (offline, in a scratch root)."""
+        unit = self.relay_unit
+        template = "postfix@.service" if unit.startswith("postfix@") else unit
+        output = self.relay.check(
+            "set -e; root=$(mktemp -d); mkdir -p $root/etc/systemd/system;"
+            f" cp /usr/lib/systemd/system/{template} $root/etc/systemd/system/;"
+            f" systemd-analyze security --offline=true --root=$root --no-pager {unit}; rm -rf $root"
+        )
+        return _exposure(output, unit)
+
     def mail_log(self, container: Container) -> str:
         """Everything Postfix (and the responder) logged in the mail facility since boot."""
         return container.check("journalctl --no-pager -q -o short-iso --facility=mail", timeout=60)
@@ -454,6 +473,13 @@ class Testbed:
         if source is not None:
             argv += ["--local-interface", source]
         return self.world(argv, timeout)
+
+
+def _exposure(output: str, unit: str) -> float:
+    found = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", output)
+    if found is None:
+        raise AssertionError(f"no exposure level in systemd-analyze's output:\n{output[-2000:]}")
+    return float(found.group(1))
 
 
 def new_message_id(label: str) -> str:

@@ -1,0 +1,260 @@
+"""Upgrade, removal and reinstallation of the relay package on the running relay, under load.
+
+While a client keeps submitting messages to the relay, the relay package goes
+N -> N+1 with apt (N+1: the same site, a changed slow-transport rate), is
+removed, then installed again.  Every message the relay accepted (2xx at
+DATA) reaches the sink exactly once; the confinement drop-in is active after
+the upgrade, and after the removal the Postfix unit is the stock one again.
+
+The client submits on the relay's loopback to an outside address: both with
+and without the package, Postfix relays for its own host (mynetworks) and the
+sink is the outside domain's MX, so the one thing this measures is what the
+package's maintainer scripts do to mail in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.machines import wait_until
+from tests.e2e.mail import header
+from tests.e2e.testbed import MAX_EXPOSURE, OUTSIDE_DOMAIN, Testbed
+from tests.system.conftest import next_version
+from tests.system.debian_system import COMMAND_ENVIRONMENT
+
+PACKAGE = "oignons-mail-relay"
+RATE_KEY, RATE_FROM, RATE_TO = "slow_destination_rate_delay", "2s", "3s"
+RECIPIENT = f"e2e-live@{OUTSIDE_DOMAIN}"
+MINIMUM_MESSAGES = 200
+CLIENT_INTERVAL_SECONDS = 0.2
+SETTLE_SECONDS = 4.0  # the client's time in each settled state between steps
+DELIVERY_TIMEOUT = 300.0
+APT_TIMEOUT = 600.0
+
+# The client: one SMTP session per message to 127.0.0.1:25 of the namespace
+# it runs in (the relay's), until told to stop and at least `minimum` sent;
+# one JSON line per attempt: its Message-Id, when it started and the reply at DATA (0 when the
+# connection or an earlier command failed, e.g. while Postfix restarts).
+CLIENT = r"""
+import json, os, smtplib, sys, time
+log_path, stop_path, minimum, interval, recipient = sys.argv[1:6]
+sent = 0
+with open(log_path, "a", encoding="utf-8") as log:
+    while sent < int(minimum) or not os.path.exists(stop_path):
+        message_id = f"live.{os.getpid()}.{sent}@e2e.elsewhere.test"
+        message = (f"Message-Id: <{message_id}>\r\nSubject: e2e live {sent}\r\n"
+                   f"From: <live@e2e.elsewhere.test>\r\nTo: <{recipient}>\r\n\r\nlive upgrade test {sent}\r\n")
+        code, text, started = 0, "", time.time()
+        try:
+            with smtplib.SMTP("127.0.0.1", 25, timeout=30) as client:
+                client.ehlo("live-client.bulbe.nos-oignons.net")
+                client.mail("live@e2e.elsewhere.test")
+                client.rcpt(recipient)
+                code, reply = client.data(message.encode())
+                text = reply.decode(errors="replace")
+        except (OSError, smtplib.SMTPException) as error:
+            text = repr(error)
+        log.write(json.dumps({"message_id": message_id, "time": started, "code": code, "text": text}) + "\n")
+        log.flush()
+        sent += 1
+        time.sleep(float(interval))
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    message_id: str
+    time: float
+    code: int
+    text: str
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+
+@dataclass(frozen=True)
+class LiveCycle:
+    attempts: list[Attempt]
+    delivered: Counter[str]  # Message-Id -> how many times the sink got it
+    upgraded_rate: str
+    drop_ins_after_upgrade: str
+    master_no_new_privs_after_upgrade: str
+    exposure_after_upgrade: float
+    drop_ins_after_removal: str
+    exposure_after_removal: float
+    stock_exposure: float
+    active_after_removal: str
+    drop_ins_after_reinstall: str
+    steps: list[str]
+    marks: list[tuple[str, float]]  # when each step began and ended
+
+    def phase(self, attempt: Attempt) -> str:
+        """The state of the relay when the attempt began: "before", "upgrade", "upgraded", ..."""
+        return next((name for name, start in reversed(self.marks) if start <= attempt.time), "before")
+
+    def summary(self) -> dict[str, Counter[str]]:
+        """Per phase: how many attempts were accepted, and why the others were not."""
+        phases: dict[str, Counter[str]] = {}
+        for attempt in self.attempts:
+            outcome = "accepted" if attempt.accepted else f"{attempt.code} {attempt.text[:70]}"
+            phases.setdefault(self.phase(attempt), Counter())[outcome] += 1
+        return phases
+
+
+def apt(bed: Testbed, command: str) -> str:
+    result = bed.relay.run(f"apt-get {command}", timeout=APT_TIMEOUT)
+    return result.check(f"apt-get {command} on the relay").stdout + result.stderr
+
+
+def drop_ins(bed: Testbed) -> str:
+    return bed.relay.check(f"systemctl show -p DropInPaths --value {bed.relay_unit}").strip()
+
+
+def master_no_new_privs(bed: Testbed) -> str:
+    """NoNewPrivs of the running master(8): 1 once it runs under our drop-in."""
+    queue = bed.relay.check("postconf -h queue_directory").strip()
+    pid = bed.relay.check(f"cat {queue}/pid/master.pid").strip()
+    status = bed.relay.check(f"cat /proc/{pid}/status")
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("NoNewPrivs:"))
+
+
+def edit_rate(main_cf: str) -> str:
+    old = f"{RATE_KEY} = {RATE_FROM}"
+    if old not in main_cf.splitlines():
+        raise AssertionError(f"the relay's main.cf has no `{old}` line: update {__file__}")
+    return main_cf.replace(old, f"{RATE_KEY} = {RATE_TO}")
+
+
+def read_attempts(path: Path) -> list[Attempt]:
+    attempts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        attempts.append(
+            Attempt(str(record["message_id"]), float(record["time"]), int(record["code"]), str(record["text"]))
+        )
+    return attempts
+
+
+def delivered_counts(bed: Testbed) -> Counter[str]:
+    return Counter(header(m.data, "Message-Id").strip("<>") for m in bed.sink.messages_to(RECIPIENT))
+
+
+def wait_for_the_sink(bed: Testbed, accepted: set[str]) -> Counter[str]:
+    """How many times the sink got each message, once every accepted one is there (or the time is up)."""
+    # A delivery deferred by a restart waits for Postfix's next retry: ask for it now.
+    bed.relay.check("postqueue -f")
+
+    def all_delivered() -> Counter[str] | None:
+        counts = delivered_counts(bed)
+        return counts if accepted <= set(counts) else None
+
+    with contextlib.suppress(AssertionError):  # the test below names what is missing
+        wait_until(f"{len(accepted)} accepted messages at the sink", all_delivered, DELIVERY_TIMEOUT)
+    time.sleep(5)  # a late duplicate would show now
+    return delivered_counts(bed)
+
+
+@pytest.fixture(scope="module")
+def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
+    work = tmp_path_factory.mktemp("live")
+    upgrade = next_version(bed.artifacts.relay_deb, work, edit_rate)
+    upgrade_path = bed.relay.system.copy_in(upgrade, f"/root/live/{upgrade.name}")
+    assert bed.relay.check(f"postconf -h {RATE_KEY}").strip() == RATE_FROM
+    stock = bed.stock_relay_exposure()
+
+    log_path, stop_path = work / "client.jsonl", work / "stop"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", bed.network.relay, "/usr/bin/python3", "-c", CLIENT,
+         str(log_path), str(stop_path), str(MINIMUM_MESSAGES), str(CLIENT_INTERVAL_SECONDS), RECIPIENT],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=COMMAND_ENVIRONMENT,
+    )  # fmt: skip
+    steps, marks = [], []
+    try:
+        time.sleep(SETTLE_SECONDS)  # a few messages before the first step
+        marks.append(("upgrade", time.time()))
+        steps.append(apt(bed, f"install -y -q {upgrade_path}"))
+        marks.append(("upgraded", time.time()))
+        upgraded_rate = bed.relay.check(f"postconf -h {RATE_KEY}").strip()
+        after_upgrade = drop_ins(bed)
+        no_new_privs = master_no_new_privs(bed)
+        exposure_upgraded = bed.relay_exposure()
+        time.sleep(SETTLE_SECONDS)
+        marks.append(("remove", time.time()))
+        steps.append(apt(bed, f"remove -y -q {PACKAGE}"))
+        marks.append(("removed", time.time()))
+        after_removal = drop_ins(bed)
+        exposure_removed = bed.relay_exposure()
+        active_after_removal = bed.relay.run(f"systemctl is-active {bed.relay_unit}").stdout.strip()
+        time.sleep(SETTLE_SECONDS)
+        marks.append(("reinstall", time.time()))
+        steps.append(apt(bed, f"install -y -q {upgrade_path}"))
+        marks.append(("reinstalled", time.time()))
+        after_reinstall = drop_ins(bed)
+        time.sleep(SETTLE_SECONDS)
+        stop_path.touch()
+        _, errors = client.communicate(timeout=300)
+        assert client.returncode == 0, f"the SMTP client failed:\n{errors.decode(errors='replace')[-3000:]}"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+
+    attempts = read_attempts(log_path)
+    delivered = wait_for_the_sink(bed, {a.message_id for a in attempts if a.accepted})
+    result = LiveCycle(
+        attempts, delivered, upgraded_rate, after_upgrade, no_new_privs, exposure_upgraded, after_removal,
+        exposure_removed, stock, active_after_removal, after_reinstall, steps, marks,
+    )  # fmt: skip
+    note = f"{bed.name}: live upgrade/removal, attempts per phase: " + "; ".join(
+        f"{phase}: {dict(outcomes)}" for phase, outcomes in result.summary().items()
+    )
+    bed.notes.append(note)
+    print(note)
+    return result
+
+
+def test_the_client_kept_submitting_through_every_step(cycle: LiveCycle) -> None:
+    assert len(cycle.attempts) >= MINIMUM_MESSAGES
+    summary = cycle.summary()
+    # Mail flows in every settled state: the old version, the new one, none, the new one again.
+    for phase in ("before", "upgraded", "removed", "reinstalled"):
+        assert summary.get(phase, Counter())["accepted"] > 0, f"nothing accepted while {phase}: {summary}"
+
+
+def test_every_accepted_message_is_delivered_once(cycle: LiveCycle) -> None:
+    accepted = {a.message_id for a in cycle.attempts if a.accepted}
+    lost = sorted(accepted - set(cycle.delivered))
+    duplicated = sorted(i for i, n in cycle.delivered.items() if n > 1)
+    assert (lost, duplicated) == ([], []), (
+        f"{len(accepted)} accepted, {len(lost)} lost {lost[:10]}, {len(duplicated)} duplicated {duplicated[:10]}"
+    )
+
+
+def test_the_upgrade_applied_the_new_version(cycle: LiveCycle) -> None:
+    assert cycle.upgraded_rate == RATE_TO
+
+
+def test_the_confinement_drop_in_is_active_after_the_upgrade(cycle: LiveCycle) -> None:
+    assert f"{PACKAGE}.conf" in cycle.drop_ins_after_upgrade, cycle.drop_ins_after_upgrade
+    assert cycle.master_no_new_privs_after_upgrade == "1", "master(8) did not restart under the drop-in"
+    assert cycle.exposure_after_upgrade <= MAX_EXPOSURE
+    assert cycle.exposure_after_upgrade < cycle.stock_exposure
+
+
+def test_after_removal_the_unit_is_the_stock_one(cycle: LiveCycle) -> None:
+    assert f"{PACKAGE}.conf" not in cycle.drop_ins_after_removal, cycle.drop_ins_after_removal
+    assert cycle.active_after_removal == "active"
+    assert cycle.exposure_after_removal == cycle.stock_exposure
+
+
+def test_installing_it_again_brings_the_drop_in_back(cycle: LiveCycle) -> None:
+    assert f"{PACKAGE}.conf" in cycle.drop_ins_after_reinstall, cycle.drop_ins_after_reinstall

@@ -1,0 +1,72 @@
+"""Mailman 3 on the booted relay: a list created after the relay package gets its mail.
+
+The relay's base system has mailman3 (installed before our package, with no
+list yet); the relay package was installed afterwards.  Here Mailman runs
+(mailman3.service), a list is created with `mailman create` and nothing else,
+and a message sent over SMTP from the outside reaches Mailman: Postfix hands
+it to Mailman's LMTP server and Mailman holds it (the sender is no member).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.e2e.machines import CLEAN_CLIENT_ADDRESS, wait_until
+from tests.e2e.mail import final_reply, replies, wait_for_delivery
+from tests.e2e.testbed import DOMAIN, OUTSIDE_DOMAIN, Testbed, new_message_id
+
+MAILMAN_TABLE = "hash:/var/lib/mailman3/data/postfix_lmtp"
+MAILMAN_LMTP_PORT = 8024  # Debian's /etc/mailman3/mailman.cfg, [mta] lmtp_port
+LIST_ADDRESS = f"e2e-mailman@{DOMAIN}"
+STARTUP_TIMEOUT = 180.0
+
+
+def wait_for_mailman(bed: Testbed) -> None:
+    relay = bed.relay
+
+    def lmtp_listening() -> bool | None:
+        if relay.run("systemctl is-failed --quiet mailman3.service").returncode == 0:
+            raise AssertionError(
+                "mailman3.service failed on the relay:\n"
+                + relay.run("systemctl status --no-pager mailman3.service; tail -n 50 /var/log/mailman3/*.log").stdout
+            )
+        listening = relay.run(f"ss -Hltn 'sport = :{MAILMAN_LMTP_PORT}'").stdout
+        return True if listening.strip() else None
+
+    wait_until(f"Mailman's LMTP server on port {MAILMAN_LMTP_PORT} of the relay", lmtp_listening, STARTUP_TIMEOUT)
+
+
+def test_postfix_knows_mailmans_table_before_any_list(bed: Testbed) -> None:
+    # mailman3 was installed before the relay package, and has no list yet.
+    lists = bed.relay.check("runuser -u list -- mailman lists", timeout=120)
+    assert LIST_ADDRESS not in lists
+    for key in ("transport_maps", "local_recipient_maps"):
+        value = bed.relay.check(f"postconf -h {key}").strip()
+        assert value.endswith(f", {MAILMAN_TABLE}"), f"{key} = {value}"
+    assert bed.relay.run("postfix check").returncode == 0
+
+
+def test_a_list_created_afterwards_receives_mail_over_smtp(bed: Testbed) -> None:
+    wait_for_mailman(bed)
+    created = bed.relay.check(f"runuser -u list -- mailman create {LIST_ADDRESS}", timeout=120)
+    assert LIST_ADDRESS in created, created
+    message_id = new_message_id("mailman")
+    sent = bed.swaks(
+        "--from", f"stranger@{OUTSIDE_DOMAIN}", "--to", LIST_ADDRESS,
+        "--header", f"Message-Id: <{message_id}>", "--header", "Subject: e2e mailman",
+        "--body", "oignons-mail end-to-end test: a message for a Mailman list\n",
+        source=CLEAN_CLIENT_ADDRESS,
+    )  # fmt: skip
+    assert final_reply(sent.stdout, "250 2.0.0"), f"the relay refused the list's mail: {replies(sent.stdout)}"
+    # Postfix gives it to Mailman over LMTP ...
+    line = wait_for_delivery(bed, bed.relay, message_id, rf"to=<{re.escape(LIST_ADDRESS)}>.*status=sent")
+    assert f"relay=127.0.0.1[127.0.0.1]:{MAILMAN_LMTP_PORT}" in line, line
+
+    # ... and Mailman has it: its log names the message (held: the sender is no member).
+    def in_mailman_log() -> str | None:
+        found = bed.relay.run(f"grep -rhF '{message_id}' /var/log/mailman3/").stdout
+        return found or None
+
+    logged = wait_until(f"<{message_id}> in Mailman's log", in_mailman_log, 60)
+    assert LIST_ADDRESS in logged or "e2e-mailman" in logged, logged
+    print(f"{bed.name}: Postfix: {line}\nMailman: {logged}")
