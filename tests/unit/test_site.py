@@ -285,7 +285,7 @@ CASES = [
         "extra",
         "1",
         "unknown key",
-        "known keys here: relay, site, smarthost, tls",
+        "known keys here: dkim, dns, relay, site, smarthost, tls",
     ),
     Case(
         "unknown-in-site",
