@@ -29,6 +29,7 @@ from tests.e2e.testbed import (
     LIST_ADDRESS,
     LIST_ADMIN,
     OUTSIDE_DOMAIN,
+    SINK_HOSTNAME,
     TOOL,
     TOOL_ENVIRONMENT,
     UNBOUND_TEST_CONF,
@@ -129,10 +130,10 @@ def relay_log_lines(bed: Testbed, sent: Sent) -> list[str]:
     return delivery_lines(bed.mail_log(bed.relay), sent.message_id)
 
 
-def tls_lines_of(bed: Testbed, line: str, kind: str) -> list[str]:
-    """The `... TLS connection established to ...` lines of the smtp(8) process that wrote line."""
-    process = smtp_process(line)
-    return [entry for entry in bed.mail_log(bed.relay).splitlines() if f" {process}: {kind} TLS connection" in entry]
+def tls_lines_of(bed: Testbed, line: str, kind: str, host: str) -> list[str]:
+    """The `KIND TLS connection established to HOST[...]` lines of the smtp(8) process that wrote line."""
+    wanted = f" {smtp_process(line)}: {kind} TLS connection established to {host}["
+    return [entry for entry in bed.mail_log(bed.relay).splitlines() if wanted in entry]
 
 
 def stored(bed: Testbed, sent: Sent) -> list[Received]:
@@ -146,7 +147,7 @@ def test_matching_tlsa_gives_a_verified_tls_delivery(bed: Testbed, signed_zone: 
     signed_zone.publish(sink_tlsa(bed))
     sent = sendmail(bed.relay, f"dane-match@{SIGNED_DOMAIN}", "dane-match")
     line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-match@signed\.test>.*status=sent")
-    verified = tls_lines_of(bed, line, "Verified")
+    verified = tls_lines_of(bed, line, "Verified", SIGNED_MX)
     assert any(f"Verified TLS connection established to {SIGNED_MX}[{SINK_ADDRESS}]:25" in v for v in verified), line
     bed.notes.append(f"DANE match ({bed.name}): {verified[0]}")
     bed.notes.append(f"DANE match ({bed.name}): {line}")
@@ -168,7 +169,7 @@ def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zo
     signed_zone.publish(sink_tlsa(bed))
     bed.relay.check("postqueue -f")
     line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-wrong@signed\.test>.*status=sent")
-    assert tls_lines_of(bed, line, "Verified"), line
+    assert tls_lines_of(bed, line, "Verified", SIGNED_MX), line
     assert all(m.tls for m in stored(bed, sent)), "delivered in clear"
     bed.notes.append(f"DANE fixed ({bed.name}): {line}")
 
@@ -176,11 +177,12 @@ def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zo
 def test_unsigned_domain_gets_opportunistic_tls(bed: Testbed, signed_zone: SignedZone) -> None:
     sent = sendmail(bed.relay, f"unsigned@{OUTSIDE_DOMAIN}", "unsigned")
     line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<unsigned@elsewhere\.test>.*status=sent")
-    untrusted = tls_lines_of(bed, line, "Untrusted")
+    untrusted = tls_lines_of(bed, line, "Untrusted", SINK_HOSTNAME)
     assert untrusted, f"no 'Untrusted TLS connection' line for {line}"
-    assert not tls_lines_of(bed, line, "Verified"), line
+    assert not tls_lines_of(bed, line, "Verified", SINK_HOSTNAME), line
     assert all(m.tls for m in stored(bed, sent)), "the sink offers STARTTLS: the relay must use it"
     bed.notes.append(f"unsigned domain ({bed.name}): {untrusted[0]}")
+    bed.notes.append(f"unsigned domain ({bed.name}): {line}")
 
 
 # --- the site's own records --------------------------------------------------------
