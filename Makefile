@@ -28,10 +28,10 @@ RUFF_VERSION = 0.17.6
 MYPY_VERSION = 2.4.1
 
 # What `make check` needs beyond the build-dependencies.
-CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-venv python3-pip \
+CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-dnspython python3-venv python3-pip \
 	debian-archive-keyring util-linux
 
-SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
+SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/dkim-keys debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
 
 .PHONY: deb check unit lint lintian system-test build-deps check-deps clean bench
 

@@ -1,4 +1,4 @@
-"""The command line: `oignons-mail validate | render | pin | release | build`.
+"""The command line: `oignons-mail validate | render | pin | dns | release | build`.
 
 Each subcommand is one function; errors become exit statuses only here.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oignons_mail import pin, release
+from oignons_mail import dns, pin, release
 from oignons_mail.build import build_packages
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.render import render, render_source_package
@@ -75,6 +75,22 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dns(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    certificates = args.cert or [Path(site.relay.tls_cert_file)]
+    relay_keys = [pin.subject_public_key_info(pin.certificate_from_file(path)) for path in certificates]
+    records = dns.site_records(site, relay_keys, dns.site_dkim_keys(site, args.dkim_dir, args.dkim_key))
+    if not args.check:
+        sys.stdout.write(dns.zone_text(site, records))
+        return EXIT_OK
+    findings = dns.check_records(records, dns.resolver_lookup(args.server))
+    for finding in findings:
+        print(finding.line())
+    wrong = [f for f in findings if f.status != "fine"]
+    print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
+    return EXIT_FAILURE if wrong else EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="oignons-mail",
@@ -117,6 +133,34 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_SITE,
         help="site file whose package.maintainer signs the entry, unless DEBFULLNAME and DEBEMAIL are set "
         "(default: %(default)s)",
+    )
+
+    dns_parser = add("dns", cmd_dns, "print the DNS records the site needs (zone-file lines), or --check them")
+    dns_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    dns_parser.add_argument(
+        "--cert",
+        type=Path,
+        action="append",
+        help="relay certificate for TLSA, repeat for the next key (default: the site's)",
+    )
+    dns_parser.add_argument(
+        "--dkim-dir",
+        type=Path,
+        default=dns.DKIM_KEY_DIRECTORY,
+        help="DKIM public keys DOMAIN.SELECTOR.pub (default: %(default)s)",
+    )
+    dns_parser.add_argument(
+        "--dkim-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a DKIM public key file DOMAIN.SELECTOR.pub (repeatable)",
+    )
+    dns_parser.add_argument(
+        "--check", action="store_true", help="query DNS and report each record; exit 1 if any is wrong"
+    )
+    dns_parser.add_argument(
+        "--server", metavar="IP", help="with --check: ask this DNS server, not the system's resolver"
     )
 
     build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")

@@ -59,6 +59,8 @@ def render(site: Site) -> RenderedTree:
         "master.cf.j2", role="relay", source=PurePosixPath(site.source).name, lines=relay_master_cf(site)
     )
     files["relay/responder.json"] = responder_config(site)
+    files["relay/dkim_signing.conf"] = dkim_signing_config(site)
+    files["relay/dkim-keys"] = dkim_key_list(site)
     return files
 
 
@@ -404,3 +406,52 @@ def render_source_package(site: Site) -> RenderedTree:
 
 
 SOURCE_PACKAGE_FILES = ("debian/control", "debian/copyright")
+
+
+# Where rspamd's DKIM keys live (the layout of rspamd's own documentation).
+DKIM_KEY_PATH = "/var/lib/rspamd/dkim/$domain.$selector.key"
+
+
+def dkim_key_path(domain: str, selector: str) -> str:
+    return DKIM_KEY_PATH.replace("$domain", domain).replace("$selector", selector)
+
+
+def dkim_signing_config(site: Site) -> str:
+    """rspamd's local.d/dkim_signing.conf: sign the site's domains, and only them.
+
+    A conffile: local changes belong in override.d/dkim_signing.conf, so that a
+    new selector from the site reaches the relay without a conffile prompt
+    (which unattended-upgrades would stop at).
+    """
+    source = PurePosixPath(site.source).name
+    dkim = site.dkim
+    domains = "".join(
+        f'  "{d}" {{\n    selector = "{dkim.selector}";\n    path = "{dkim_key_path(d, dkim.selector)}";\n  }}\n'
+        for d in dkim.domains
+    )
+    return (
+        f"# oignons-mail-relay: DKIM signing, generated from {source}.  Do not edit this\n"
+        "# conffile: put local changes in /etc/rspamd/override.d/dkim_signing.conf.\n"
+        "# The keys are made on this relay by /usr/lib/oignons-mail-relay/dkim-keys.\n"
+        "enabled = true;\n"
+        "# Mail from local programs (Schleuder, the responder, cron) and authenticated users.\n"
+        "sign_local = true;\n"
+        "sign_authenticated = true;\n"
+        "# The From: header's domain, reduced to its registered domain (mail from\n"
+        "# root@host.example.org is signed as example.org).\n"
+        'use_domain = "header";\n'
+        "use_esld = true;\n"
+        "# Only the site's domains below: no key is looked for any other.\n"
+        "try_fallback = false;\n"
+        f'selector = "{dkim.selector}";\n'
+        f'path = "{DKIM_KEY_PATH}";\n'
+        f"domain {{\n{domains}}}\n"
+    )
+
+
+def dkim_key_list(site: Site) -> str:
+    """The keys the relay's postinst makes when they are missing: `domain selector bits` lines."""
+    source = PurePosixPath(site.source).name
+    lines = [f"# oignons-mail-relay: DKIM keys to make (domain selector bits), from {source}"]
+    lines += [f"{domain} {site.dkim.selector} {site.dkim.key_bits}" for domain in site.dkim.domains]
+    return "\n".join(lines) + "\n"

@@ -123,6 +123,25 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Dkim:
+    """DKIM signing by rspamd on the relay ([dkim], optional)."""
+
+    selector: str
+    key_bits: int
+    domains: tuple[str, ...]  # signing domains: each gets a key per selector
+
+
+@dataclass(frozen=True)
+class Dns:
+    """What `oignons-mail dns` publishes besides MX, DKIM and TLSA ([dns], optional)."""
+
+    ttl: int
+    spf: str
+    dmarc_policy: str
+    dmarc_rua: str
+
+
+@dataclass(frozen=True)
 class Site:
     """One association's mail setup, for both roles."""
 
@@ -134,6 +153,8 @@ class Site:
     relay: Relay
     smarthost: Smarthost
     package: Package
+    dkim: Dkim
+    dns: Dns
 
 
 class RuleError(Exception):
@@ -522,6 +543,8 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     relay = _parse_relay(top.table("relay"))
     smarthost = _parse_smarthost(top.table("smarthost"))
     package = _parse_package(top.table("package"))
+    dkim = _parse_dkim(_optional_table(top, "dkim"), domain, relay.destinations)
+    dns = _parse_dns(_optional_table(top, "dns"), domain)
     top.finish()
 
     _refuse_shared_local_parts(file, relay, users_to_root)
@@ -535,6 +558,8 @@ def parse_site(data: dict[str, object], file: str) -> Site:
         relay=relay,
         smarthost=smarthost,
         package=package,
+        dkim=dkim,
+        dns=dns,
     )
 
 
@@ -745,3 +770,66 @@ def _parse_smarthost(table: _Table) -> Smarthost:
     )
     table.finish()
     return smarthost
+
+
+# -- [dkim] and [dns]: optional tables, every key with a default --------------
+
+DKIM_KEY_BITS = (1024, 2048, 3072, 4096)
+DMARC_POLICIES = ("none", "quarantine", "reject")
+
+
+def _optional_table(parent: _Table, name: str) -> _Table:
+    """A table that may be absent: then an empty one, so that every key takes its default."""
+    if name in parent.data:
+        return parent.table(name)
+    return _Table(parent.file, parent.key(name), {})
+
+
+def dkim_selector(value: str) -> str:
+    if not _LABEL_RE.fullmatch(value):
+        raise RuleError("not a DKIM selector (one DNS label: letters, digits and '-')", 'e.g. "oignons2026"')
+    return value
+
+
+def spf_record(value: str) -> str:
+    one_line(value)
+    if not value.startswith("v=spf1 ") or '"' in value:
+        raise RuleError("not an SPF record (starting with `v=spf1 `, no quotes)", 'e.g. "v=spf1 mx -all"')
+    return " ".join(value.split())
+
+
+def dmarc_policy(value: str) -> str:
+    if value not in DMARC_POLICIES:
+        raise RuleError(f"not a DMARC policy (one of {', '.join(DMARC_POLICIES)})")
+    return value
+
+
+def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) -> Dkim:
+    selector = table.optional_string("selector", dkim_selector) or "dkim"
+    key_bits = table.optional_integer("key_bits") or 2048
+    if key_bits not in DKIM_KEY_BITS:
+        raise table.error("key_bits", key_bits, f"not an RSA key size rspamadm makes ({DKIM_KEY_BITS})", "2048")
+    domains: tuple[str, ...] = (site_domain,)
+    if "domains" in table.data:
+        domains = table.strings("domains", domain_name)
+    for index, domain in enumerate(domains):
+        if domain not in destinations:
+            raise table.error(
+                f"domains[{index}]" if "domains" in table.data else "domains",
+                domain,
+                "is not in relay.destinations",
+                "the relay signs only for its own domains",
+            )
+    table.finish()
+    return Dkim(selector=selector, key_bits=key_bits, domains=domains)
+
+
+def _parse_dns(table: _Table, site_domain: str) -> Dns:
+    dns = Dns(
+        ttl=table.optional_integer("ttl") or 3600,
+        spf=table.optional_string("spf", spf_record) or "v=spf1 mx -all",
+        dmarc_policy=table.optional_string("dmarc_policy", dmarc_policy) or "none",
+        dmarc_rua=table.optional_string("dmarc_rua", mail_address) or f"postmaster@{site_domain}",
+    )
+    table.finish()
+    return dns

@@ -6,8 +6,10 @@ Run by the harness inside the test network's outside namespace:
 
 It accepts every message for every recipient and writes each one to
 DIR/<time>-<n>.json ({"peer", "helo", "mail_from", "rcpt_to", "data"}); the
-tests read that folder.  It offers no STARTTLS, like many small MXs.  It stops
-when killed; every connection times out after a minute.
+tests read that folder (each record also says whether the session used TLS).
+With --tls-cert and --tls-key it offers STARTTLS with that certificate (the
+DANE cases publish its key in TLSA); without, none, like many small MXs.  It
+stops when killed; every connection times out after a minute.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 import json
 import os
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,10 +33,11 @@ class SinkServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], spool: Path, name: str) -> None:
+    def __init__(self, address: tuple[str, int], spool: Path, name: str, tls: ssl.SSLContext | None) -> None:
         super().__init__(address, SinkHandler)
         self.spool = spool
         self.name = name
+        self.tls = tls
         self.counter = itertools.count(1)
         self.lock = threading.Lock()
 
@@ -57,6 +61,7 @@ class SinkHandler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self.helo = ""
+        self.tls_version = ""
         self.mail_from: str | None = None
         self.rcpt_to: list[str] = []
         self.reply(f"220 {self.server.name} ESMTP test sink")
@@ -68,6 +73,7 @@ class SinkHandler(socketserver.StreamRequestHandler):
             "DATA": self.data,
             "RSET": self.rset,
             "NOOP": self.noop,
+            "STAR": self.starttls,
         }
         while True:
             raw = self.rfile.readline(MAX_LINE)
@@ -91,8 +97,26 @@ class SinkHandler(socketserver.StreamRequestHandler):
             self.reply(f"250 {self.server.name}")
             return
         self.reply(f"250-{self.server.name}")
+        if self.server.tls is not None and not self.tls_version:
+            self.reply("250-STARTTLS")
         self.reply("250-8BITMIME")
         self.reply("250 SMTPUTF8")
+
+    def starttls(self, line: str) -> bool:
+        if self.server.tls is None or self.tls_version:
+            self.reply("502 5.5.2 Command not recognized")
+            return True
+        self.reply("220 2.0.0 Ready to start TLS")
+        try:
+            connection = self.server.tls.wrap_socket(self.request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return False  # e.g. a client that rejects the certificate (a DANE mismatch)
+        self.request = connection
+        self.rfile = connection.makefile("rb")
+        self.wfile = connection.makefile("wb")
+        self.tls_version = connection.version() or "TLS"
+        self.helo, self.mail_from, self.rcpt_to = "", None, []
+        return True
 
     def noop(self, line: str) -> None:
         self.reply("250 2.0.0 Ok")
@@ -122,7 +146,7 @@ class SinkHandler(socketserver.StreamRequestHandler):
         if data is None:
             return False
         record = {"peer": self.client_address[0], "helo": self.helo, "mail_from": self.mail_from,
-                  "rcpt_to": self.rcpt_to, "data": data}  # fmt: skip
+                  "rcpt_to": self.rcpt_to, "data": data, "tls": self.tls_version}  # fmt: skip
         self.server.store(record)
         self.reply("250 2.0.0 Ok: stored")
         self.rset(line, quiet=True)
@@ -152,9 +176,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=25)
     parser.add_argument("--spool", type=Path, required=True, help="folder for the received messages")
     parser.add_argument("--name", default="mx.elsewhere.test", help="host name in the greeting")
+    parser.add_argument("--tls-cert", type=Path, help="offer STARTTLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="and this key (PEM)")
     args = parser.parse_args()
     args.spool.mkdir(parents=True, exist_ok=True)
-    with SinkServer((args.listen, args.port), args.spool, args.name) as server:
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    with SinkServer((args.listen, args.port), args.spool, args.name, tls) as server:
         (args.spool / "ready").touch()
         server.serve_forever()
 

@@ -66,6 +66,7 @@ LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
 # An administrator's own alias, in /etc/aliases (the packages leave it alone).
 TEST_ALIAS = ("alice", f"alice@{OUTSIDE_DOMAIN}")
 GREYLIST_DELAY_SECONDS = 5
+UNBOUND_TEST_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e.conf"
 
 # What the base systems hold besides Debian's minimal one: systemd to boot,
 # the packages' dependencies, and on the relay what it recommends and the
@@ -197,11 +198,26 @@ def prefetch_base_systems(pairs: Sequence[tuple[str, str]]) -> Iterator[None]:
 # --- The test network's own settings (never part of the packages) ---------
 
 
-def unbound_zone() -> str:
-    """The DNS of the test network, served by the relay's unbound on its two addresses."""
+def site_dns_lines(artifacts: Artifacts, dkim_directory: Path) -> list[str]:
+    """The site's own records as `oignons-mail dns` prints them (zone-file lines, comments left out).
+
+    The relay's certificate gives the TLSA records, the DKIM public keys are
+    those the relay package made on the relay (dkim_directory, in its root).
+    """
+    result = tool("dns", "--site", str(artifacts.site_file), "--cert", str(artifacts.relay_key.certificate),
+                  "--dkim-dir", str(dkim_directory))  # fmt: skip
+    output = result.check("oignons-mail dns").stdout
+    return [line for line in output.splitlines() if line and not line.startswith(";")]
+
+
+def unbound_zone(site_records: Sequence[str]) -> str:
+    """The DNS of the test network, served by the relay's unbound on its two addresses.
+
+    site_records (the site's MX, SPF, DKIM, DMARC, TLSA) come from `oignons-mail
+    dns`; the harness adds the addresses and the outside world's records.
+    """
     records = [
-        f"{DOMAIN}. MX 10 {RELAY_HOSTNAME}.",
-        f"{RELAY_HOSTNAME}. MX 10 {RELAY_HOSTNAME}.",
+        *site_records,
         f"{RELAY_HOSTNAME}. A {RELAY_ADDRESS}",
         f"{SMARTHOST_HOSTNAME}. A {SMARTHOST_ADDRESS}",
         f"{OUTSIDE_DOMAIN}. MX 10 {SINK_HOSTNAME}.",
@@ -233,6 +249,8 @@ def unbound_zone() -> str:
         '    local-zone: "." static',
         *(f'    local-zone: "{zone}." static' for zone in zones),
         *(f"    local-data: '{record}'" for record in records),
+        # The sink's outside domain may be signed by a test (DANE): never answer it from here.
+        '    local-zone: "signed.test." transparent',
         *(f'    local-data-ptr: "{address} {name}"' for address, name in pointers),
     ]
     return "\n".join(lines) + "\n"
@@ -324,7 +342,8 @@ def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> s
     install_key_pair(system, artifacts.relay_key, relay.tls_cert_file, relay.tls_key_file)
     set_network_files(system, RELAY_HOSTNAME, RELAY_ADDRESS, "127.0.0.1")
     log = install_package(system, artifacts.relay_deb)
-    install_file(system, unbound_zone(), "/etc/unbound/unbound.conf.d/oignons-e2e.conf", 0o644)
+    zone = unbound_zone(site_dns_lines(artifacts, system.root / "var/lib/rspamd/dkim"))
+    install_file(system, zone, UNBOUND_TEST_CONF, 0o644)
     for name, text in RSPAMD_TEST_FILES.items():
         install_file(system, text, f"/etc/rspamd/{name}", 0o644)
     schleuder_yml = system.root / "etc/schleuder/schleuder.yml"
@@ -355,6 +374,7 @@ class Received:
     mail_from: str
     rcpt_to: list[str]
     data: str
+    tls: str  # the TLS version of the session ("" in clear)
 
 
 @dataclass
@@ -362,6 +382,7 @@ class Sink:
     """The SMTP sink in the world namespace, and the messages it received."""
 
     spool: Path
+    key: KeyPair  # the certificate it offers with STARTTLS
     process: subprocess.Popen[bytes] | None = None
 
     def messages(self) -> list[Received]:
@@ -370,7 +391,7 @@ class Sink:
             record = json.loads(path.read_text(encoding="utf-8"))
             found.append(
                 Received(str(record["peer"]), str(record["mail_from"]), [str(r) for r in record["rcpt_to"]],
-                         str(record["data"]))
+                         str(record["data"]), str(record.get("tls", "")))
             )  # fmt: skip
         return found
 
@@ -397,11 +418,13 @@ class Sink:
 
 def start_sink(network: TestNetwork, spool: Path, log: Path) -> Sink:
     spool.mkdir(parents=True, exist_ok=True)
-    sink = Sink(spool)
+    # Its own key: the DANE cases publish it as TLSA (tests/e2e/test_deliverability.py).
+    sink = Sink(spool, make_key_pair(spool.parent, SINK_HOSTNAME))
     with log.open("wb") as output:
         sink.process = subprocess.Popen(
             ["ip", "netns", "exec", network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
-             "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME],
+             "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME,
+             "--tls-cert", str(sink.key.certificate), "--tls-key", str(sink.key.key)],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=COMMAND_ENVIRONMENT,
             start_new_session=True,
         )  # fmt: skip

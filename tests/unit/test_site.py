@@ -293,7 +293,7 @@ CASES = [
         "extra",
         "1",
         "unknown key",
-        "known keys here: package, relay, site, smarthost, tls",
+        "known keys here: dkim, dns, package, relay, site, smarthost, tls",
     ),
     Case(
         "unknown-in-site",

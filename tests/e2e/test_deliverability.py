@@ -1,0 +1,278 @@
+"""Mail that arrives: DANE for real, DKIM signatures that verify, `oignons-mail dns --check` (issue 10).
+
+The test bed's zone for the site's own domains was built from `oignons-mail
+dns` output (testbed.site_dns_lines).  Here the outside world gets a
+DNSSEC-signed domain, signed.test, signed on the host with ldnsutils, served
+and validated by the relay's unbound (auth-zone + trust anchor), whose MX is
+the harness's SMTP sink, which offers STARTTLS with its own key: the relay's
+Postfix (smtp_tls_security_level = dane) must verify the sink's key against
+the zone's TLSA record, or keep the mail queued.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]  # python3-dkim has no type hints
+import pytest
+
+from oignons_mail import dns, pin
+from tests.e2e.machines import SINK_ADDRESS, run, wait_until
+from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
+from tests.e2e.test_mail import swaks_message
+from tests.e2e.testbed import (
+    DOMAIN,
+    LIST_ADDRESS,
+    LIST_ADMIN,
+    OUTSIDE_DOMAIN,
+    SINK_HOSTNAME,
+    TOOL,
+    TOOL_ENVIRONMENT,
+    UNBOUND_TEST_CONF,
+    Received,
+    Testbed,
+)
+
+SIGNED_DOMAIN = "signed.test"
+SIGNED_MX = f"mx.{SIGNED_DOMAIN}"
+SIGNED_ZONE_FILE = "/etc/unbound/oignons-e2e-signed.test.zone"
+SIGNED_TRUST_ANCHOR = "/etc/unbound/oignons-e2e-signed.test.ds"
+DANE_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e-dane.conf"
+DEFERRED_TIMEOUT = 90.0
+
+
+# --- the signed zone ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedZone:
+    """signed.test's keys (made once per test bed) and how to publish a TLSA record in it."""
+
+    bed: Testbed
+    directory: Path
+    zone_signing_key: str  # ldns-keygen's base names
+    key_signing_key: str
+
+    def publish(self, tlsa: str) -> None:
+        """Sign the zone with this TLSA for the sink's port 25, install it, restart unbound, wait until it validates."""
+        zone = self.directory / "zone.db"
+        zone.write_text(
+            f"$ORIGIN {SIGNED_DOMAIN}.\n$TTL 60\n"
+            f"@ IN SOA ns.{SIGNED_DOMAIN}. hostmaster.{SIGNED_DOMAIN}. 1 60 60 600 60\n"
+            f"@ IN NS ns.{SIGNED_DOMAIN}.\nns IN A {SINK_ADDRESS}\n"
+            f"@ IN MX 10 {SIGNED_MX}.\nmx IN A {SINK_ADDRESS}\n"
+            f"_25._tcp.mx IN TLSA {tlsa}\n",
+            encoding="utf-8",
+        )
+        keys = [str(self.directory / name) for name in (self.zone_signing_key, self.key_signing_key)]
+        run(["ldns-signzone", "-f", f"{zone}.signed", str(zone), *keys]).check("ldns-signzone")
+        relay = self.bed.relay
+        root = relay.system.root
+        shutil.copyfile(zone.with_name("zone.db.signed"), root / SIGNED_ZONE_FILE.lstrip("/"))
+        shutil.copyfile(self.directory / f"{self.key_signing_key}.ds", root / SIGNED_TRUST_ANCHOR.lstrip("/"))
+        (root / DANE_CONF.lstrip("/")).write_text(
+            "# oignons-mail e2e: a DNSSEC-signed outside domain (test harness, not the package).\n"
+            "server:\n"
+            f'    trust-anchor-file: "{SIGNED_TRUST_ANCHOR}"\n'
+            "auth-zone:\n"
+            f'    name: "{SIGNED_DOMAIN}."\n'
+            f'    zonefile: "{SIGNED_ZONE_FILE}"\n'
+            "    for-downstream: no\n"
+            "    for-upstream: yes\n"
+            "    fallback-enabled: no\n",
+            encoding="utf-8",
+        )
+        relay.check("chmod 0644 /etc/unbound/oignons-e2e-* && systemctl restart unbound", timeout=60)
+        expected = tlsa.rsplit(maxsplit=1)[-1].lower()
+
+        def validated() -> bool | None:
+            answer = relay.run(f"dig +dnssec +time=2 +tries=1 TLSA _25._tcp.{SIGNED_MX} @127.0.0.1").stdout
+            flags = re.search(r";; flags: ([a-z ]+);", answer)
+            secure = flags is not None and "ad" in flags.group(1).split()
+            return True if secure and expected in answer.replace(" ", "").lower() else None
+
+        wait_until(
+            f"unbound to validate the TLSA record of {SIGNED_MX}",
+            validated,
+            60,
+            diagnose=relay.run(f"dig +dnssec TLSA _25._tcp.{SIGNED_MX} @127.0.0.1; journalctl -u unbound -n 30").stdout,
+        )
+        # smtp(8) keeps TLSA answers for their TTL: new processes must see the new record.
+        relay.check("postfix reload", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def signed_zone(bed: Testbed) -> SignedZone:
+    directory = bed.run_directory / "dnssec"
+    directory.mkdir(exist_ok=True)
+
+    def keygen(*options: str) -> str:
+        # ldns-keygen writes its files into the current directory.
+        command = f"cd {shlex.quote(str(directory))} && ldns-keygen -a ED25519 {' '.join(options)} {SIGNED_DOMAIN}"
+        return run(["sh", "-c", command]).check("ldns-keygen").stdout.strip()
+
+    zone = SignedZone(bed, directory, keygen(), keygen("-k"))
+    # Postfix probes DNSSEC at start (dnssec_probe, default ns:.): offline, the
+    # probe must ask a zone that exists and validates in the test network.
+    bed.relay.check(f"postconf -e dnssec_probe=ns:{SIGNED_DOMAIN} && postfix reload", timeout=60)
+    return zone
+
+
+def sink_tlsa(bed: Testbed) -> str:
+    return dns.tlsa_value(pin.subject_public_key_info(pin.certificate_from_file(bed.sink.key.certificate)))
+
+
+def relay_log_lines(bed: Testbed, sent: Sent) -> list[str]:
+    return delivery_lines(bed.mail_log(bed.relay), sent.message_id)
+
+
+def tls_lines_of(bed: Testbed, line: str, kind: str, host: str) -> list[str]:
+    """The `KIND TLS connection established to HOST[...]` lines of the smtp(8) process that wrote line."""
+    wanted = f" {smtp_process(line)}: {kind} TLS connection established to {host}["
+    return [entry for entry in bed.mail_log(bed.relay).splitlines() if wanted in entry]
+
+
+def stored(bed: Testbed, sent: Sent) -> list[Received]:
+    return [m for m in bed.sink.messages() if sent.token in m.data]
+
+
+# --- DANE ------------------------------------------------------------------------
+
+
+def test_matching_tlsa_gives_a_verified_tls_delivery(bed: Testbed, signed_zone: SignedZone) -> None:
+    signed_zone.publish(sink_tlsa(bed))
+    sent = sendmail(bed.relay, f"dane-match@{SIGNED_DOMAIN}", "dane-match")
+    line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-match@signed\.test>.*status=sent")
+    verified = tls_lines_of(bed, line, "Verified", SIGNED_MX)
+    assert any(f"Verified TLS connection established to {SIGNED_MX}[{SINK_ADDRESS}]:25" in v for v in verified), line
+    bed.notes.append(f"DANE match ({bed.name}): {verified[0]}")
+    bed.notes.append(f"DANE match ({bed.name}): {line}")
+    assert [m.tls for m in stored(bed, sent)] != [""], "the sink received the message in clear"
+
+
+def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zone: SignedZone) -> None:
+    wrong = dns.tlsa_value(b"not the sink's key")
+    signed_zone.publish(wrong)
+    sent = sendmail(bed.relay, f"dane-wrong@{SIGNED_DOMAIN}", "dane-wrong")
+    deferred = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-wrong@signed\.test>.*status=deferred")
+    assert "Server certificate not verified" in deferred, deferred
+    failures = [e for e in bed.mail_log(bed.relay).splitlines() if "no matching DANE TLSA records" in e]
+    assert failures, "no 'no matching DANE TLSA records' line on the relay"
+    assert stored(bed, sent) == [], "the message reached the sink although its key does not match"
+    bed.notes.append(f"DANE mismatch ({bed.name}): {failures[-1]}")
+    bed.notes.append(f"DANE mismatch ({bed.name}): {deferred}")
+
+    signed_zone.publish(sink_tlsa(bed))
+    bed.relay.check("postqueue -f")
+    line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-wrong@signed\.test>.*status=sent")
+    assert tls_lines_of(bed, line, "Verified", SIGNED_MX), line
+    assert all(m.tls for m in stored(bed, sent)), "delivered in clear"
+    bed.notes.append(f"DANE fixed ({bed.name}): {line}")
+
+
+def test_unsigned_domain_gets_opportunistic_tls(bed: Testbed, signed_zone: SignedZone) -> None:
+    sent = sendmail(bed.relay, f"unsigned@{OUTSIDE_DOMAIN}", "unsigned")
+    line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<unsigned@elsewhere\.test>.*status=sent")
+    untrusted = tls_lines_of(bed, line, "Untrusted", SINK_HOSTNAME)
+    assert untrusted, f"no 'Untrusted TLS connection' line for {line}"
+    assert not tls_lines_of(bed, line, "Verified", SINK_HOSTNAME), line
+    assert all(m.tls for m in stored(bed, sent)), "the sink offers STARTTLS: the relay must use it"
+    bed.notes.append(f"unsigned domain ({bed.name}): {untrusted[0]}")
+    bed.notes.append(f"unsigned domain ({bed.name}): {line}")
+
+
+# --- the site's own records --------------------------------------------------------
+
+
+def dns_check(bed: Testbed) -> tuple[int, str]:
+    """`oignons-mail dns --check` against the relay's unbound, from the relay's network namespace."""
+    result = bed.network.execute(
+        bed.network.relay,
+        ["env", *(f"{k}={v}" for k, v in TOOL_ENVIRONMENT.items()), *TOOL, "dns",
+         "--site", str(bed.artifacts.site_file), "--cert", str(bed.artifacts.relay_key.certificate),
+         "--dkim-dir", str(bed.relay.system.root / "var/lib/rspamd/dkim"), "--check", "--server", "127.0.0.1"],
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_dns_check_passes_and_names_a_removed_record(bed: Testbed) -> None:
+    status, output = dns_check(bed)
+    assert status == 0, output
+    assert "0 missing or different" in output, output
+    bed.notes.append(f"dns --check ({bed.name}): {output.strip().splitlines()[-1]}")
+
+    conf = bed.relay.system.root / UNBOUND_TEST_CONF.lstrip("/")
+    original = conf.read_text(encoding="utf-8")
+    removed = f"bulbe1._domainkey.{DOMAIN}."
+    kept = [line for line in original.splitlines() if not line.strip().startswith(f"local-data: '{removed}")]
+    assert len(kept) == len(original.splitlines()) - 1, f"no local-data line for {removed} in {UNBOUND_TEST_CONF}"
+    try:
+        conf.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        bed.relay.check("systemctl restart unbound", timeout=60)
+        status, output = dns_check(bed)
+        assert status == 1, output
+        missing = [line for line in output.splitlines() if line.startswith("missing")]
+        assert [line.split(":")[0] for line in missing] == [f"missing   DKIM key bulbe1 of {DOMAIN}"], output
+        bed.notes.append(f"dns --check without {removed} ({bed.name}): {missing[0][:90]}")
+    finally:
+        conf.write_text(original, encoding="utf-8")
+        bed.relay.check("systemctl restart unbound", timeout=60)
+
+
+# --- DKIM ----------------------------------------------------------------------------
+
+
+def published_txt(bed: Testbed, name: str) -> bytes:
+    """A TXT record as the relay's unbound publishes it (the strings joined)."""
+    answer = bed.relay.check(f"dig +short +time=2 +tries=1 TXT {name} @127.0.0.1")
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', answer)).encode("ascii")
+
+
+def verify_dkim(bed: Testbed, message: Received) -> str:
+    """Verify the message's DKIM signature against the published key; the signature's d= and s=."""
+
+    def lookup(name: bytes | str, timeout: int = 5) -> bytes:
+        return published_txt(bed, name.decode("ascii") if isinstance(name, bytes) else name)
+
+    data = message.data.replace("\n", "\r\n").encode("utf-8")
+    signature = re.search(r"(?ms)^DKIM-Signature:.*?(?=^\S)", message.data)
+    assert signature is not None, f"no DKIM-Signature header:\n{message.data[:2000]}"
+    assert dkim.verify(data, dnsfunc=lookup), f"the DKIM signature does not verify:\n{signature.group(0)}"
+    tags = dict(re.findall(r"\b([ds])=([^;\s]+)", signature.group(0)))
+    return f"d={tags.get('d')} s={tags.get('s')}"
+
+
+def decrypt(bed: Testbed, data: str) -> str:
+    armored = re.search(r"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", data, re.S)
+    if armored is None:
+        return ""
+    return bed.relay.run("GNUPGHOME=/root/e2e-gnupg gpg --batch --quiet --decrypt", input_text=armored.group(0)).stdout
+
+
+def test_list_mail_from_a_node_arrives_with_a_dkim_signature_that_verifies(bed: Testbed) -> None:
+    if bed.schleuder_error:
+        pytest.fail(f"no Schleuder list to deliver to: {bed.schleuder_error}")
+    sent = sendmail(bed.smarthost, "root", "dkim-list")
+    received = bed.sink.wait_for(
+        f"Schleuder's copy for {LIST_ADMIN}",
+        lambda m: LIST_ADMIN in m.rcpt_to and sent.token in decrypt(bed, m.data),
+        150,
+    )
+    signer = verify_dkim(bed, received)
+    assert signer == f"d={DOMAIN} s={bed.artifacts.site.dkim.selector}", signer
+    assert LIST_ADDRESS.split("@")[0] in received.data.split("\n\n")[0], "not sent by the list"
+    bed.notes.append(f"DKIM of the list's copy ({bed.name}): verifies, {signer}")
+
+
+def test_responder_reply_has_a_dkim_signature_that_verifies(bed: Testbed) -> None:
+    sender = f"dkim-donor@{OUTSIDE_DOMAIN}"
+    arguments, _ = swaks_message("dkim-dons", sender, f"dons@{DOMAIN}")
+    bed.swaks(*arguments).check("swaks to dons@")
+    reply = bed.sink.wait_for(f"the responder's reply to {sender}", lambda m: sender in m.rcpt_to, 90)
+    signer = verify_dkim(bed, reply)
+    assert signer == f"d={DOMAIN} s={bed.artifacts.site.dkim.selector}", signer
+    bed.notes.append(f"DKIM of the responder's reply ({bed.name}): verifies, {signer}")
