@@ -5,7 +5,7 @@ the keys and services the package sets had values of their own).  Version N
 is built from the test site, version N+1 from a changed copy of it: the
 yahoo transport dropped (service, `yahoo_*` keys, transport entry), the
 Schleuder lists dropped (table, service, keys), a transport added, the
-relay's pin and a rate changed.  Then, in one system:
+relay's pin (for the nodes), a node's pin (for the relay) and a rate changed.  Then, in one system:
 
     install N, reinstall postfix, upgrade to N+1, remove,
     install N+1, downgrade to N, remove,
@@ -60,11 +60,13 @@ destination_concurrency_limit = 3
 """
 OLD_PIN = "ac:ad:75:7f:58:c3:cf:53:ef:a0:d2:e3:0a:64:3d:e9:a2:c4:58:28"
 NEW_PIN = "11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff:01:23:45:67"
+NODE_PIN = ":".join(["ab"] * 32)
 NEXT_SITE_EDITS = (
     (YAHOO_BLOCK, GMAIL_BLOCK),
     ('schleuder_lists = ["machines@nos-oignons.net"]', "schleuder_lists = []"),
     ('destination_rate_delay = "2s"', 'destination_rate_delay = "3s"'),
     (f'relay_pins = ["{OLD_PIN}"]', f'relay_pins = ["{NEW_PIN}"]'),
+    ("node_pins = {}", f'node_pins = {{ marcuse = "{NODE_PIN}" }}'),
 )
 
 # Everything Postfix reads, one "section key = value" line each.
@@ -206,6 +208,7 @@ def test_the_versions_differ_as_the_sites_do(journey: Journey) -> None:
     assert changed["table schleuder:machines@nos-oignons.net"] == (None, "schleuder:")
     assert changed["master.cf gmail/unix"][1] is None
     assert changed["main.cf slow_destination_rate_delay"] == ("3s", "2s")
+    assert changed[f"table relay_clientcerts:{NODE_PIN}"] == ("marcuse", None)
 
 
 def test_reinstalling_postfix_changes_nothing_master_cf_included(journey: Journey) -> None:

@@ -139,3 +139,17 @@ def test_removal_keeps_a_value_changed_by_hand_and_says_so(life: Life) -> None:
 def test_removal_restores_every_other_key(life: Life) -> None:
     expected = {key: value for key, value in life.before.items() if key != CHANGED_KEY}
     assert {key: value for key, value in life.removed.items() if key != CHANGED_KEY} == expected
+
+
+def test_a_service_postfix_adds_after_the_package_gets_its_chroot_back_on_removal(dist: Path) -> None:
+    """The record takes the fields of services Postfix's postinst adds later (bookworm's fix_master)."""
+    package = "oignons-mail-relay"
+    with configured_postfix("bookworm", "postconf -MX tlsmgr/unix") as system:
+        deb = copy_package(system, package_file(dist, package))
+        system.run(f"apt-get install -y -q --no-install-recommends {deb}").check(f"install {package}")
+        system.run("apt-get install -y -q --reinstall postfix").check("reinstall postfix")
+        added = system.run("postconf -F tlsmgr/unix/chroot").check("postconf -F").stdout.strip()
+        system.run(f"apt-get remove -y -q {package}").check(f"remove {package}")
+        removed = system.run("postconf -F tlsmgr/unix/chroot").check("postconf -F").stdout.strip()
+    assert added == "tlsmgr/unix/chroot = n"
+    assert removed == "tlsmgr/unix/chroot = y"
