@@ -249,6 +249,9 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         # The site's protocol floor on the server side too (port 25 and 465).
         ("smtpd_tls_protocols", site.tls.mandatory_protocols),
         ("smtpd_tls_mandatory_protocols", site.tls.mandatory_protocols),
+        # The server picks the cipher by its own order (strongest first), not
+        # the client's: a client offering a weak cipher first does not get it.
+        ("tls_preempt_cipherlist", "yes"),
         ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
         ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
         ("smtp_tls_security_level", "dane"),

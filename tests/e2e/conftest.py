@@ -25,7 +25,7 @@ from tests.e2e.testbed import Artifacts, Testbed, build_artifacts, prefetch_base
 ENABLE_VARIABLE = "OIGNONS_MAIL_E2E"
 # The two runs: each release once as the relay, the other as the smarthost.
 PAIRS = [("trixie", "bookworm"), ("bookworm", "trixie")]
-HOST_TOOLS = ("systemd-nspawn", "nsenter", "ip", "mmdebstrap", "openssl", "swaks", "dpkg-buildpackage")
+HOST_TOOLS = ("systemd-nspawn", "nsenter", "ip", "mmdebstrap", "openssl", "swaks", "dpkg-buildpackage", "testssl")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -67,6 +67,10 @@ LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
 TEST_ALIAS = ("alice", f"alice@{OUTSIDE_DOMAIN}")
 GREYLIST_DELAY_SECONDS = 5
 UNBOUND_TEST_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e.conf"
+# rspamd loads its configuration before it opens the milter socket: seconds
+# when the machine is idle, more than a minute when it is loaded (seen here
+# at a load average of 20 on two cores).
+RSPAMD_START_TIMEOUT = 180.0
 
 # What the base systems hold besides Debian's minimal one: systemd to boot,
 # the packages' dependencies, and on the relay what it recommends and the
@@ -604,7 +608,9 @@ def wait_for_relay_services(bed: Testbed) -> None:
     )
     milter = bed.artifacts.site.relay.rspamd_milter_socket
     wait_until(
-        f"rspamd's milter socket {milter}", lambda: True if relay.run(f"test -S {milter}").returncode == 0 else None, 60
+        f"rspamd's milter socket {milter}",
+        lambda: True if relay.run(f"test -S {milter}").returncode == 0 else None,
+        RSPAMD_START_TIMEOUT,
     )
     wait_until(
         "the test DNS on the relay",

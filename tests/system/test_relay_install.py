@@ -74,6 +74,7 @@ HARDENED_MAIN_CF = {
     "smtpd_client_connection_count_limit": "20",
     "smtpd_tls_protocols": ">=TLSv1.2",
     "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+    "tls_preempt_cipherlist": "yes",
 }
 MASTER_CF = {
     "smtps/inet": (
