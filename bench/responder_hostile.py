@@ -42,6 +42,9 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
     "nested comments (Auto-Submitted)": lambda size: message(
         b"Auto-Submitted: " + b"(" * (size // 2) + b")" * (size // 2) + b" auto-replied"
     ),
+    "nested comments, one per character pair": lambda size: message(
+        b"Auto-Submitted: " + b"(a" * (size // 4) + b")" * (size // 4) + b" auto-replied"
+    ),
     "unclosed comments (Precedence)": lambda size: message(b"Precedence: " + b"(" * size),
     "nested comments (X-Loop)": lambda size: message(b"X-Loop: " + b"(" * (size // 2) + b")" * (size // 2)),
     "angle brackets (References)": lambda size: message(b"References: " + b"<" * size),
