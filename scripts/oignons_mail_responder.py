@@ -334,8 +334,10 @@ def _unfold(value: str) -> str:
     return value.replace("\r\n", "").replace("\n", "").strip()
 
 
-# A run of characters without special meaning, or one special character.
-_COMMENT_TOKEN_RE = re.compile(r'[^()\\"]+|\\.?|[()"]', re.DOTALL)
+# A run of characters without special meaning, a quoted pair, a run of "(" or
+# of ")" (so that a hostile "((((..." is one token, not one per character), or
+# a double quote.
+_COMMENT_TOKEN_RE = re.compile(r'[^()\\"]+|\\.?|\(+|\)+|"', re.DOTALL)
 
 
 def strip_comments(value: str) -> str:
@@ -352,17 +354,19 @@ def strip_comments(value: str) -> str:
     for match in _COMMENT_TOKEN_RE.finditer(value):
         piece = match.group()
         if depth:
-            if piece == "(":
-                depth += 1
-            elif piece == ")":
-                depth -= 1
+            if piece[0] == "(":
+                depth += len(piece)
+            elif piece[0] == ")":
+                closing = min(len(piece), depth)
+                depth -= closing
                 if not depth:
-                    kept.append(" ")
+                    # The comment ends; any further ")" are stray ones.
+                    kept.append(" " + piece[closing:])
         elif quoted:
             kept.append(piece)
             quoted = piece != '"'
-        elif piece == "(":
-            depth = 1
+        elif piece[0] == "(":
+            depth = len(piece)
         else:
             kept.append(piece)
             quoted = piece == '"'

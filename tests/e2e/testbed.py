@@ -267,14 +267,7 @@ def _reverse(address: str) -> str:
 RSPAMD_TEST_FILES = {
     # In the test network 10.237.0.0/16 plays the Internet: rspamd must not
     # treat it as local (it would skip the blocklist and greylisting).
-    "override.d/options.inc": (
-        'local_addrs = ["127.0.0.0/8", "::1"];\n'
-        # GTUBE-like test patterns for every action (test_mail.py makes one
-        # message "add header" spam): enable_test_patterns up to rspamd 3.7,
-        # gtube_patterns from 3.8 on.
-        "enable_test_patterns = true;\n"
-        'gtube_patterns = "all";\n'
-    ),
+    "override.d/options.inc": 'local_addrs = ["127.0.0.0/8", "::1"];\n',
     # The test blocklist, checked for the connecting client's address.
     "local.d/rbl.conf": (
         "rbls {\n"
