@@ -111,7 +111,11 @@ class LiveCycle:
 
 
 def apt(bed: Testbed, command: str) -> str:
+    """Run apt-get on the relay; its output, also kept in the run directory for a post-mortem."""
     result = bed.relay.run(f"apt-get {command}", timeout=APT_TIMEOUT)
+    output = result.stdout + result.stderr
+    log = bed.run_directory / f"live-apt-{command.split(maxsplit=1)[0]}-{time.time():.0f}.log"
+    log.write_text(output, encoding="utf-8")
     return result.check(f"apt-get {command} on the relay").stdout + result.stderr
 
 
