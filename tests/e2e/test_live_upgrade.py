@@ -15,6 +15,7 @@ package's maintainer scripts do to mail in flight.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import subprocess
 import time
@@ -36,6 +37,7 @@ RECIPIENT = f"e2e-live@{OUTSIDE_DOMAIN}"
 MINIMUM_MESSAGES = 200
 CLIENT_INTERVAL_SECONDS = 0.2
 SETTLE_SECONDS = 4.0  # the client's time in each settled state between steps
+OUTAGE_LIMIT_SECONDS = 30.0  # a restart takes seconds; systemd's stop timeout is 90
 DELIVERY_TIMEOUT = 300.0
 APT_TIMEOUT = 600.0
 
@@ -93,6 +95,7 @@ class LiveCycle:
     exposure_after_removal: float
     stock_exposure: float
     active_after_removal: str
+    master_no_new_privs_after_removal: str
     drop_ins_after_reinstall: str
     steps: list[str]
     marks: list[tuple[str, float]]  # when each step began and ended
@@ -111,7 +114,11 @@ class LiveCycle:
 
 
 def apt(bed: Testbed, command: str) -> str:
+    """Run apt-get on the relay; its output, also kept in the run directory for a post-mortem."""
     result = bed.relay.run(f"apt-get {command}", timeout=APT_TIMEOUT)
+    output = result.stdout + result.stderr
+    log = bed.run_directory / f"live-apt-{command.split(maxsplit=1)[0]}-{time.time():.0f}.log"
+    log.write_text(output, encoding="utf-8")
     return result.check(f"apt-get {command} on the relay").stdout + result.stderr
 
 
@@ -194,6 +201,7 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
         after_removal = drop_ins(bed)
         exposure_removed = bed.relay_exposure()
         active_after_removal = bed.relay.run(f"systemctl is-active {bed.relay_unit}").stdout.strip()
+        no_new_privs_removed = master_no_new_privs(bed)
         time.sleep(SETTLE_SECONDS)
         marks.append(("reinstall", time.time()))
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
@@ -212,7 +220,7 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     delivered = wait_for_the_sink(bed, {a.message_id for a in attempts if a.accepted})
     result = LiveCycle(
         attempts, delivered, upgraded_rate, after_upgrade, no_new_privs, exposure_upgraded, after_removal,
-        exposure_removed, stock, active_after_removal, after_reinstall, steps, marks,
+        exposure_removed, stock, active_after_removal, no_new_privs_removed, after_reinstall, steps, marks,
     )  # fmt: skip
     note = f"{bed.name}: live upgrade/removal, attempts per phase: " + "; ".join(
         f"{phase}: {dict(outcomes)}" for phase, outcomes in result.summary().items()
@@ -225,9 +233,28 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
 def test_the_client_kept_submitting_through_every_step(cycle: LiveCycle) -> None:
     assert len(cycle.attempts) >= MINIMUM_MESSAGES
     summary = cycle.summary()
-    # Mail flows in every settled state: the old version, the new one, none, the new one again.
-    for phase in ("before", "upgraded", "removed", "reinstalled"):
+    # Mail flows in every settled state with the package: the old version, the new one, the new one again.
+    for phase in ("before", "upgraded", "reinstalled"):
         assert summary.get(phase, Counter())["accepted"] > 0, f"nothing accepted while {phase}: {summary}"
+
+
+def longest_outage(attempts: list[Attempt]) -> float:
+    """The longest time, in seconds, between two accepted attempts."""
+    times = sorted(a.time for a in attempts if a.accepted)
+    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
+
+
+@pytest.mark.xfail(
+    reason="known bug of the maintainer scripts (seen on trixie): the prerm's revert restarts Postfix while the"
+    " confinement drop-in is still installed; stopping it then hangs until systemd's 90 s stop timeout, and the"
+    " new master runs confined (no CAP_SYS_CHROOT) with the stock master.cf's chroot = y services failing"
+    " (pickup, tlsmgr, smtpd) until the next restart; the postrm's daemon-reload restarts nothing",
+)
+def test_mail_keeps_flowing_through_the_removal_and_postfix_runs_unconfined_after_it(cycle: LiveCycle) -> None:
+    summary = cycle.summary()
+    assert summary.get("removed", Counter())["accepted"] > 0, f"nothing accepted once removed: {summary}"
+    assert longest_outage(cycle.attempts) < OUTAGE_LIMIT_SECONDS, f"mail refused for too long: {summary}"
+    assert cycle.master_no_new_privs_after_removal == "0", "master(8) still runs under the removed drop-in"
 
 
 def test_every_accepted_message_is_delivered_once(cycle: LiveCycle) -> None:
