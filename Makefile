@@ -70,8 +70,10 @@ lintian: check-deps
 system-test: check-deps deb
 	$(PYTHON) -m pytest tests -m system
 
+# dist/repo is the published repository (every version nodes may roll back to): kept.
 clean:
-	rm -rf build dist
+	rm -rf build
+	find dist -mindepth 1 -maxdepth 1 ! -name repo -exec rm -rf {} + 2>/dev/null || true
 
 # QA (piuparts, sbuild, autopkgtest) and end-to-end mail tests live in their own files.
 include $(wildcard mk/*.mk)
