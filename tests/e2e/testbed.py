@@ -194,9 +194,13 @@ def prefetch_base_systems(pairs: Sequence[tuple[str, str]]) -> Iterator[None]:
 # --- The test network's own settings (never part of the packages) ---------
 
 
-def unbound_zone() -> str:
-    """The DNS of the test network, served by the relay's unbound on its two addresses."""
+def unbound_zone(extra_records: Sequence[tuple[str, str]] = ()) -> str:
+    """The DNS of the test network, served by the relay's unbound on its two addresses.
+
+    `extra_records`: more (host name, address) pairs, with their PTR records.
+    """
     records = [
+        *(f"{name}. A {address}" for name, address in extra_records),
         f"{DOMAIN}. MX 10 {RELAY_HOSTNAME}.",
         f"{RELAY_HOSTNAME}. MX 10 {RELAY_HOSTNAME}.",
         f"{RELAY_HOSTNAME}. A {RELAY_ADDRESS}",
@@ -218,6 +222,7 @@ def unbound_zone() -> str:
         (SINK_ADDRESS, SINK_HOSTNAME),
         (LISTED_CLIENT_ADDRESS, f"listed.{OUTSIDE_DOMAIN}"),
         (CLEAN_CLIENT_ADDRESS, f"clean.{OUTSIDE_DOMAIN}"),
+        *((address, name) for name, address in extra_records),
     ]
     zones = [DOMAIN, OUTSIDE_DOMAIN, "orange.fr", BLOCKLIST_ZONE]
     lines = [
@@ -314,7 +319,13 @@ def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> s
     install_key_pair(system, artifacts.relay_key, relay.tls_cert_file, relay.tls_key_file)
     set_network_files(system, RELAY_HOSTNAME, RELAY_ADDRESS, "127.0.0.1")
     log = install_package(system, artifacts.relay_deb)
-    install_file(system, unbound_zone(), "/etc/unbound/unbound.conf.d/oignons-e2e.conf", 0o644)
+    add_relay_test_settings(system, api_key, unbound_zone())
+    return log
+
+
+def add_relay_test_settings(system: DebianSystem, api_key: str, zone: str) -> None:
+    """The test network's DNS, rspamd's test blocklist, Schleuder's API key, the test alias."""
+    install_file(system, zone, "/etc/unbound/unbound.conf.d/oignons-e2e.conf", 0o644)
     for name, text in RSPAMD_TEST_FILES.items():
         install_file(system, text, f"/etc/rspamd/{name}", 0o644)
     schleuder_yml = system.root / "etc/schleuder/schleuder.yml"
@@ -323,7 +334,6 @@ def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> s
     with (system.root / "etc/aliases").open("a") as aliases:
         aliases.write(f"{name}: {target}\n")
     system.run("newaliases").check("newaliases on the relay")
-    return log
 
 
 def prepare_smarthost(system: DebianSystem, artifacts: Artifacts) -> str:
@@ -501,7 +511,7 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         cleanup.append(("stop the SMTP sink", sink.stop))
         bed = Testbed(artifacts, network, relay, smarthost, sink, run_directory, install_logs)
         wait_for_relay_services(bed)
-        bed.schleuder_error = create_schleuder_list(bed)
+        bed.schleuder_error = create_schleuder_list(relay)
         yield bed
     finally:
         for what, action in reversed(cleanup):
@@ -561,9 +571,8 @@ def wait_for_relay_services(bed: Testbed) -> None:
     )
 
 
-def create_schleuder_list(bed: Testbed) -> str | None:
+def create_schleuder_list(relay: Container) -> str | None:
     """Create machines@ with schleuder-cli, its admin at the sink; return why it failed, if it did."""
-    relay = bed.relay
     script = f"""set -e
 export GNUPGHOME=/root/e2e-gnupg
 mkdir -p -m 0700 $GNUPGHOME
