@@ -365,8 +365,9 @@ def prepare_fleet_relay(system: DebianSystem, artifacts: FleetArtifacts, api_key
 
 
 def prepare_node(system: DebianSystem, name: str, artifacts: FleetArtifacts) -> None:
-    site = load_site(artifacts.work / "site-N.toml")
-    install_key_pair(system, artifacts.node_key, site.smarthost.tls_cert_file, site.smarthost.tls_key_file)
+    # No TLS key of its own yet: ssl-cert, installed with the package, makes
+    # the snakeoil pair the node presents (the relay accepts the list's mail
+    # without a client certificate).
     set_network_files(system, f"{name}.{DOMAIN}", ADDRESSES[name], ADDRESSES["bulbe"])
     remove_debian_sources(system)
     install_file(system, local_mirror_sources(system.release), "/etc/apt/sources.list.d/local-mirror.sources", 0o644)

@@ -55,9 +55,19 @@ def bed() -> Iterator[Fleet]:
     # The base systems first (cached; built the first time), then the three releases.
     for role, release in (("relay", "trixie"), ("node", "bookworm"), ("node", "trixie")):
         fleet_base(role, release)
-    artifacts: FleetArtifacts = build_fleet_artifacts()
-    with fleet(artifacts) as result:
-        yield result
+    if _SETUP_FAILURE:
+        pytest.fail(f"the fleet could not be set up (see the first test's error): {_SETUP_FAILURE[0]}")
+    try:
+        artifacts: FleetArtifacts = build_fleet_artifacts()
+        with fleet(artifacts) as result:
+            yield result
+    except Exception as error:
+        # pytest would set a failed module fixture up again for every test: minutes each.
+        _SETUP_FAILURE.append(str(error).splitlines()[0])
+        raise
+
+
+_SETUP_FAILURE: list[str] = []
 
 
 def step(bed: Fleet, title: str, text: str) -> None:
