@@ -284,8 +284,7 @@ def write_local_mirror(system: DebianSystem, target: Path) -> None:
     target.mkdir(parents=True)
     for deb in (system.root / MIRROR_IN_BASE.lstrip("/")).glob("*.deb"):
         shutil.copyfile(deb, target / deb.name)
-    packages = run(["apt-ftparchive", "packages", "."], environment=COMMAND_ENVIRONMENT, timeout=120,
-                   ).check("apt-ftparchive packages")  # fmt: skip
+    packages = run(["sh", "-c", f"cd {target} && apt-ftparchive packages ."]).check("apt-ftparchive packages")
     (target / "Packages").write_text(packages.stdout, encoding="utf-8")
     # No Origin: the nodes' unattended-upgrades never takes anything from it.
     release = run(["sh", "-c", f"cd {target} && apt-ftparchive release ."]).check("apt-ftparchive release")

@@ -254,7 +254,8 @@ def test_rollback_restores_n_settings_exactly(bed: Fleet) -> None:
 def node_state(node: Container) -> str:
     return node.check(
         "dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\\n' | md5sum;"
-        " md5sum /etc/postfix/main.cf /etc/postfix/master.cf /var/lib/apt/lists/*oignons* /etc/apt/sources.list.d/*"
+        " md5sum /etc/postfix/main.cf /etc/postfix/master.cf /etc/apt/sources.list.d/*;"
+        " find /var/lib/apt/lists -maxdepth 1 -type f ! -name lock | sort | xargs md5sum"
     )
 
 
