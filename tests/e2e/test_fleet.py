@@ -30,7 +30,7 @@ from tests.e2e.fleet import (
     fleet,
     fleet_base,
 )
-from tests.e2e.machines import Container, sweep_killed_runs, wait_until
+from tests.e2e.machines import Container, leftovers_of_run, sweep_killed_runs, wait_until
 from tests.e2e.mail import compose, delivery_lines
 from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS
 from tests.system.debian_system import COMMAND_ENVIRONMENT
@@ -61,6 +61,11 @@ def bed() -> Iterator[Fleet]:
         artifacts: FleetArtifacts = build_fleet_artifacts()
         with fleet(artifacts) as result:
             yield result
+        # The fleet undid all it made (the other e2e module's test beds come after it).
+        leftovers = leftovers_of_run(os.getpid())
+        if result.server.process is not None and result.server.process.poll() is None:
+            leftovers.append(f"the web server, process {result.server.process.pid}")
+        assert leftovers == [], "the fleet test left behind:\n" + "\n".join(leftovers)
     except Exception as error:
         # pytest would set a failed module fixture up again for every test: minutes each.
         _SETUP_FAILURE.append(str(error).splitlines()[0])
