@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -44,6 +45,7 @@ MESSAGES_PER_NODE = 20
 SEND_INTERVAL = 3
 ALIAS_RECIPIENT = f"{TEST_ALIAS[0]}@{DOMAIN}"  # the relay forwards it to the sink
 LOCAL_ALIAS_LINE = "fleet-local-edit: root"
+FLEET_BASES = (("relay", "trixie"), ("node", "bookworm"), ("node", "trixie"))
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,10 @@ def bed() -> Iterator[Fleet]:
         pytest.fail("the fleet test boots containers and makes network namespaces: run it as root (make e2e)")
     for leftover in sweep_killed_runs():
         print(f"removed the leftover of a killed run: {leftover}")
-    # The base systems first (cached; built the first time), then the three releases.
-    for role, release in (("relay", "trixie"), ("node", "bookworm"), ("node", "trixie")):
-        fleet_base(role, release)
+    # The base systems first (cached; built the first time, two at a time), then the three releases.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for base in [pool.submit(fleet_base, role, release) for role, release in FLEET_BASES]:
+            base.result()
     if _SETUP_FAILURE:
         pytest.fail(f"the fleet could not be set up (see the first test's error): {_SETUP_FAILURE[0]}")
     try:
