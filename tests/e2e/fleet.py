@@ -37,7 +37,7 @@ from oignons_mail import repo
 from oignons_mail.build import release_entry
 from oignons_mail.site import load_site
 from tests.e2e import machines
-from tests.e2e.machines import RUN_PREFIX, Container, run, wait_until
+from tests.e2e.machines import RUN_PREFIX, SINK_ADDRESS, Container, delete_namespaces, run, wait_until
 from tests.e2e.testbed import (
     BUILD_TIMEOUT,
     DOMAIN,
@@ -45,7 +45,6 @@ from tests.e2e.testbed import (
     RELAY_HOSTNAME,
     RELAY_PACKAGES,
     REPOSITORY,
-    SINK_HOSTNAME,
     SMARTHOST_NAME,
     TOOL,
     TOOL_ENVIRONMENT,
@@ -57,6 +56,7 @@ from tests.e2e.testbed import (
     install_key_pair,
     make_key_pair,
     set_network_files,
+    start_sink,
     unbound_zone,
     write_test_site,
 )
@@ -67,7 +67,6 @@ RELAY_RELEASE = "trixie"
 NODES = {"marcuse": "bookworm", "ekumen": "trixie"}
 ADDRESSES = {"bulbe": "10.237.0.1", "marcuse": "10.237.0.2", "ekumen": "10.237.0.3"}
 RELAY_WORLD_ADDRESS = "10.237.1.1"
-SINK_ADDRESS = "10.237.1.2"
 SERVER_ADDRESS = "10.237.1.10"
 SERVER_PORT = 8080
 PREFIX = 16
@@ -267,13 +266,7 @@ class FleetNetwork:
         run(["ip", "-n", namespace, *arguments]).check(f"ip -n {namespace} {' '.join(arguments)}")
 
     def destroy(self) -> list[str]:
-        problems = []
-        for namespace in self.namespaces:
-            if Path("/run/netns", namespace).exists():
-                result = run(["ip", "netns", "del", namespace], timeout=30)
-                if result.returncode != 0:
-                    problems.append(f"ip netns del {namespace}: {result.stderr.strip()}")
-        return problems
+        return delete_namespaces(self.namespaces)
 
 
 # --- The web server --------------------------------------------------------------
@@ -304,14 +297,7 @@ class WebServer:
     process: subprocess.Popen[bytes] | None = None
 
     def stop(self) -> list[str]:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return []
+        return machines.stop_process(self.process)
 
 
 def start_web_server(network: FleetNetwork, root: Path, log: Path) -> WebServer:
@@ -405,7 +391,6 @@ def fleet(artifacts: FleetArtifacts) -> Iterator[Fleet]:
     run_directory = artifacts.work / "run"
     run_directory.mkdir(parents=True, exist_ok=True)
     cleanup: list[tuple[str, Callable[[], list[str]]]] = []
-    problems: list[str] = []
     pid = os.getpid()
     try:
         www = artifacts.work / "www"
@@ -447,42 +432,15 @@ def fleet(artifacts: FleetArtifacts) -> Iterator[Fleet]:
                             lambda c=container: _save_journal(c, run_directory)))  # type: ignore[misc]  # fmt: skip
         server = start_web_server(network, www, run_directory / "http.log")
         cleanup.append(("stop the web server", server.stop))
-        sink = _start_sink(network, run_directory)
+        sink = start_sink(network.lan, run_directory / "sink", run_directory / "sink.log")
         cleanup.append(("stop the SMTP sink", sink.stop))
-        for container in containers:
-            container.boot()
-        for container in containers:
-            state = container.wait_booted()
-            if state != "running":
-                failed = container.run("systemctl --failed --no-legend --no-pager").stdout
-                raise AssertionError(f"{container.machine} booted {state}: failed units:\n{failed}")
+        machines.boot_all(containers)
         result = Fleet(artifacts, network, relay, nodes, sink, server, run_directory)
         _wait_for_relay(result)
         result.schleuder_error = create_schleuder_list(relay)
         yield result
     finally:
-        for what, action in reversed(cleanup):
-            try:
-                problems += action()
-            except Exception as error:
-                problems.append(f"{what}: {error}")
-        if problems:
-            raise AssertionError("cleaning up the fleet failed:\n" + "\n".join(problems))
-
-
-def _start_sink(network: FleetNetwork, run_directory: Path) -> Sink:
-    spool, log = run_directory / "sink", run_directory / "sink.log"
-    spool.mkdir(parents=True, exist_ok=True)
-    sink = Sink(spool)
-    with log.open("wb") as output:
-        sink.process = subprocess.Popen(
-            ["ip", "netns", "exec", network.lan, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
-             "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=COMMAND_ENVIRONMENT,
-            start_new_session=True,
-        )  # fmt: skip
-    wait_until("the SMTP sink", lambda: True if (spool / "ready").exists() else None, 30)
-    return sink
+        machines.undo(cleanup, "the fleet")
 
 
 def _wait_for_relay(bed: Fleet) -> None:

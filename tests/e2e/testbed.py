@@ -384,23 +384,16 @@ class Sink:
         return wait_until(f"the sink to receive {what}", probe, timeout)
 
     def stop(self) -> list[str]:
-        if self.process is None or self.process.poll() is not None:
-            return []
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        return []
+        return machines.stop_process(self.process)
 
 
-def start_sink(network: TestNetwork, spool: Path, log: Path) -> Sink:
+def start_sink(namespace: str, spool: Path, log: Path) -> Sink:
+    """The SMTP sink on SINK_ADDRESS, in that network namespace."""
     spool.mkdir(parents=True, exist_ok=True)
     sink = Sink(spool)
     with log.open("wb") as output:
         sink.process = subprocess.Popen(
-            ["ip", "netns", "exec", network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
+            ["ip", "netns", "exec", namespace, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
              "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=COMMAND_ENVIRONMENT,
             start_new_session=True,
@@ -471,7 +464,6 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         shutil.rmtree(run_directory)
     run_directory.mkdir(parents=True)
     cleanup: list[tuple[str, Callable[[], list[str]]]] = []
-    problems: list[str] = []
     try:
         relay_system = DebianSystem(base_tarball(relay_release, RELAY_PACKAGES), relay_release)
         cleanup.append(("remove the relay's directory", lambda: _remove(relay_system)))
@@ -497,30 +489,16 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         cleanup.append(
             ("save the smarthost's journal", lambda: _save_journal(smarthost, run_directory / "smarthost-journal.txt"))
         )
-        relay.boot()
-        smarthost.boot()
-        for container in (relay, smarthost):
-            state = container.wait_booted()
-            if state != "running":
-                failed = container.run("systemctl --failed --no-legend --no-pager").stdout
-                raise AssertionError(
-                    f"{container.machine} ({container.release}) booted {state}: failed units:\n{failed}"
-                )
+        machines.boot_all([relay, smarthost])
 
-        sink = start_sink(network, run_directory / "sink", run_directory / "sink.log")
+        sink = start_sink(network.world, run_directory / "sink", run_directory / "sink.log")
         cleanup.append(("stop the SMTP sink", sink.stop))
         bed = Testbed(artifacts, network, relay, smarthost, sink, run_directory, install_logs)
         wait_for_relay_services(bed)
         bed.schleuder_error = create_schleuder_list(relay)
         yield bed
     finally:
-        for what, action in reversed(cleanup):
-            try:
-                problems += action()
-            except Exception as error:
-                problems.append(f"{what}: {error}")
-        if problems:
-            raise AssertionError("cleaning up the test bed failed:\n" + "\n".join(problems))
+        machines.undo(cleanup, "the test bed")
 
 
 def _remove(system: DebianSystem) -> list[str]:
