@@ -3,6 +3,7 @@
 #   make check   every test: unit, golden, lint, lintian, installs into real systems,
 #                mail between two booted systems (make e2e)
 #   make sbuild, make piuparts   Debian QA (mk/qa.mk)
+#   make repo REPO_URI=URI       the fleet's signed APT repository in dist/repo (mk/repo.mk)
 # Each installs what it needs with apt-get first.
 
 SHELL = /bin/sh
