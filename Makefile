@@ -4,6 +4,7 @@
 #   make check   every test: unit, golden, lint, lintian, installs into real systems,
 #                mail between two booted systems (make e2e)
 #   make sbuild, make piuparts   Debian QA (mk/qa.mk)
+#   make repo REPO_URI=URI       the fleet's signed APT repository in dist/repo (mk/repo.mk)
 # Each but make unit installs what it needs with apt-get first.
 
 SHELL = /bin/sh
@@ -74,8 +75,10 @@ lintian: check-deps
 system-test: check-deps deb
 	$(PYTHON) -m pytest tests -m system
 
+# dist/repo is the published repository (every version nodes may roll back to): kept.
 clean:
-	rm -rf build dist
+	rm -rf build
+	find dist -mindepth 1 -maxdepth 1 ! -name repo -exec rm -rf {} + 2>/dev/null || true
 
 # QA (piuparts, sbuild, autopkgtest) and end-to-end mail tests live in their own files.
 include $(wildcard mk/*.mk)

@@ -8,7 +8,7 @@
 # by `make check`), so that a plain `pytest tests` or `make unit` does not start them.
 
 E2E_PACKAGES = systemd-container mmdebstrap debian-archive-keyring iproute2 util-linux openssl \
-	swaks libnet-ssleay-perl python3-pytest python3-dnspython python3-dkim ldnsutils testssl.sh
+	swaks libnet-ssleay-perl python3-pytest python3-dnspython python3-dkim ldnsutils testssl.sh apt-utils gnupg
 E2E_REPORT = build/e2e/report.txt
 
 .PHONY: e2e e2e-deps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from debian.changelog import Changelog
@@ -21,15 +22,30 @@ _PRODUCT_SUFFIXES = (".deb", ".buildinfo", ".changes")
 DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def source_version(source: Path) -> tuple[str, str]:
-    """(source package name, version) from debian/changelog."""
+@dataclass(frozen=True)
+class ReleaseEntry:
+    """The last entry of debian/changelog: the release `make deb` builds."""
+
+    package: str
+    version: str
+    maintainer: str
+    date: str
+
+
+def release_entry(source: Path) -> ReleaseEntry:
     changelog_path = source / "debian" / "changelog"
     try:
         with changelog_path.open(encoding="utf-8") as handle:
             changelog = Changelog(handle, max_blocks=1)
     except OSError as error:
         raise BuildError(f"{changelog_path}: cannot be read: {error}") from None
-    return changelog.package, str(changelog.version)
+    return ReleaseEntry(changelog.package, str(changelog.version), str(changelog.author), str(changelog.date))
+
+
+def source_version(source: Path) -> tuple[str, str]:
+    """(source package name, version) from debian/changelog."""
+    entry = release_entry(source)
+    return entry.package, entry.version
 
 
 def build_packages(source: Path, site: Path, source_files: RenderedTree, work: Path, dist: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The command line: `oignons-mail validate | render | pin | dns | release | build`.
+"""The command line: `oignons-mail validate | render | pin | dns | release | build | repo`.
 
 Each subcommand is one function; errors become exit statuses only here.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oignons_mail import dns, pin, release
-from oignons_mail.build import build_packages
+from oignons_mail import dns, pin, release, repo
+from oignons_mail.build import build_packages, release_entry
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.render import render, render_source_package
 from oignons_mail.site import load_site
@@ -89,6 +89,25 @@ def cmd_dns(args: argparse.Namespace) -> int:
     wrong = [f for f in findings if f.status != "fine"]
     print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
     return EXIT_FAILURE if wrong else EXIT_OK
+
+
+def cmd_repo(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    entry = release_entry(args.source)
+    archive = repo.Archive(repo.check_uri(args.uri), site.domain, entry.maintainer)
+    debs = sorted(args.dist.glob("*_all.deb"))
+    home = repo.gnupg_home()
+    for path in repo.publish(
+        debs,
+        args.repo,
+        archive=archive,
+        version=entry.version,
+        date=entry.date,
+        home=home,
+        wanted_key=os.environ.get(repo.SIGNING_KEY_VARIABLE),
+    ):
+        print(path)
+    return EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +189,12 @@ def parser() -> argparse.ArgumentParser:
         "--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)"
     )
     build.add_argument("--dist", type=Path, default=Path("dist"), help="where the .debs go (default: %(default)s)")
+    repo_parser = add("repo", cmd_repo, "publish dist/*.deb into a signed APT repository for the fleet")
+    repo_parser.add_argument("--uri", required=True, help="where the repository will be served (nodes' URIs:)")
+    repo_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    repo_parser.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
+    repo_parser.add_argument("--dist", type=Path, default=Path("dist"), help="the .debs (default: %(default)s)")
+    repo_parser.add_argument("--repo", type=Path, default=Path("dist/repo"), help="repository (default: %(default)s)")
     return top
 
 

@@ -140,13 +140,18 @@ class TestNetwork:
 
     def destroy(self) -> list[str]:
         """Delete the namespaces (and so the veths); return what could not be deleted."""
-        problems = []
-        for namespace in self.namespaces:
-            if Path("/run/netns", namespace).exists():
-                result = run(["ip", "netns", "del", namespace], timeout=30)
-                if result.returncode != 0:
-                    problems.append(f"ip netns del {namespace}: {result.stderr.strip()}")
-        return problems
+        return delete_namespaces(self.namespaces)
+
+
+def delete_namespaces(namespaces: Sequence[str]) -> list[str]:
+    """`ip netns del` those that exist; return what could not be deleted."""
+    problems = []
+    for namespace in namespaces:
+        if Path("/run/netns", namespace).exists():
+            result = run(["ip", "netns", "del", namespace], timeout=30)
+            if result.returncode != 0:
+                problems.append(f"ip netns del {namespace}: {result.stderr.strip()}")
+    return problems
 
 
 class Container:
@@ -274,6 +279,42 @@ class Container:
             except OSError as error:
                 problems.append(f"{propagate}: {error}")
         return problems
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> list[str]:
+    """Terminate a harness server (sink, web server) if it runs, kill it after 10 s."""
+    if process is None or process.poll() is not None:
+        return []
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+    return []
+
+
+def boot_all(containers: Sequence[Container]) -> None:
+    """Boot the systems together; fail, naming the failed units, unless each one ends up running."""
+    for container in containers:
+        container.boot()
+    for container in containers:
+        state = container.wait_booted()
+        if state != "running":
+            failed = container.run("systemctl --failed --no-legend --no-pager").stdout
+            raise AssertionError(f"{container.machine} ({container.release}) booted {state}: failed units:\n{failed}")
+
+
+def undo(cleanup: Sequence[tuple[str, Callable[[], list[str]]]], what: str) -> None:
+    """Run the cleanup actions, last first, every one whatever the others did; fail with what went wrong."""
+    problems: list[str] = []
+    for description, action in reversed(cleanup):
+        try:
+            problems += action()
+        except Exception as error:
+            problems.append(f"{description}: {error}")
+    if problems:
+        raise AssertionError(f"cleaning up {what} failed:\n" + "\n".join(problems))
 
 
 def stop_all(containers: Sequence[Container], timeout: float = POWEROFF_TIMEOUT) -> list[str]:

@@ -67,6 +67,8 @@ LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
 TEST_ALIAS = ("alice", f"alice@{OUTSIDE_DOMAIN}")
 GREYLIST_DELAY_SECONDS = 5
 UNBOUND_TEST_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e.conf"
+# Where the relay package makes rspamd's DKIM keys (relative to the root).
+DKIM_DIRECTORY = "var/lib/rspamd/dkim"
 # rspamd loads its configuration before it opens the milter socket: seconds
 # when the machine is idle, more than a minute when it is loaded (seen here
 # at a load average of 20 on two cores).
@@ -202,26 +204,28 @@ def prefetch_base_systems(pairs: Sequence[tuple[str, str]]) -> Iterator[None]:
 # --- The test network's own settings (never part of the packages) ---------
 
 
-def site_dns_lines(artifacts: Artifacts, dkim_directory: Path) -> list[str]:
+def site_dns_lines(site_file: Path, relay_certificate: Path, dkim_directory: Path) -> list[str]:
     """The site's own records as `oignons-mail dns` prints them (zone-file lines, comments left out).
 
     The relay's certificate gives the TLSA records, the DKIM public keys are
     those the relay package made on the relay (dkim_directory, in its root).
     """
-    result = tool("dns", "--site", str(artifacts.site_file), "--cert", str(artifacts.relay_key.certificate),
+    result = tool("dns", "--site", str(site_file), "--cert", str(relay_certificate),
                   "--dkim-dir", str(dkim_directory))  # fmt: skip
     output = result.check("oignons-mail dns").stdout
     return [line for line in output.splitlines() if line and not line.startswith(";")]
 
 
-def unbound_zone(site_records: Sequence[str]) -> str:
+def unbound_zone(site_records: Sequence[str], extra_records: Sequence[tuple[str, str]] = ()) -> str:
     """The DNS of the test network, served by the relay's unbound on its two addresses.
 
     site_records (the site's MX, SPF, DKIM, DMARC, TLSA) come from `oignons-mail
-    dns`; the harness adds the addresses and the outside world's records.
+    dns`; the harness adds the addresses and the outside world's records, and
+    `extra_records`: more (host name, address) pairs, with their PTR records.
     """
     records = [
         *site_records,
+        *(f"{name}. A {address}" for name, address in extra_records),
         f"{RELAY_HOSTNAME}. A {RELAY_ADDRESS}",
         f"{SMARTHOST_HOSTNAME}. A {SMARTHOST_ADDRESS}",
         f"{OUTSIDE_DOMAIN}. MX 10 {SINK_HOSTNAME}.",
@@ -241,6 +245,7 @@ def unbound_zone(site_records: Sequence[str]) -> str:
         (SINK_ADDRESS, SINK_HOSTNAME),
         (LISTED_CLIENT_ADDRESS, f"listed.{OUTSIDE_DOMAIN}"),
         (CLEAN_CLIENT_ADDRESS, f"clean.{OUTSIDE_DOMAIN}"),
+        *((address, name) for name, address in extra_records),
     ]
     zones = [DOMAIN, OUTSIDE_DOMAIN, "orange.fr", BLOCKLIST_ZONE]
     lines = [
@@ -339,7 +344,14 @@ def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> s
     install_key_pair(system, artifacts.relay_key, relay.tls_cert_file, relay.tls_key_file)
     set_network_files(system, RELAY_HOSTNAME, RELAY_ADDRESS, "127.0.0.1")
     log = install_package(system, artifacts.relay_deb)
-    zone = unbound_zone(site_dns_lines(artifacts, system.root / "var/lib/rspamd/dkim"))
+    records = site_dns_lines(artifacts.site_file, artifacts.relay_key.certificate, system.root / DKIM_DIRECTORY)
+    zone = unbound_zone(records)
+    add_relay_test_settings(system, api_key, zone)
+    return log
+
+
+def add_relay_test_settings(system: DebianSystem, api_key: str, zone: str) -> None:
+    """The test network's DNS, rspamd's test blocklist, Schleuder's API key, the test alias."""
     install_file(system, zone, UNBOUND_TEST_CONF, 0o644)
     for name, text in RSPAMD_TEST_FILES.items():
         install_file(system, text, f"/etc/rspamd/{name}", 0o644)
@@ -349,7 +361,6 @@ def prepare_relay(system: DebianSystem, artifacts: Artifacts, api_key: str) -> s
     with (system.root / "etc/aliases").open("a") as aliases:
         aliases.write(f"{name}: {target}\n")
     system.run("newaliases").check("newaliases on the relay")
-    return log
 
 
 def prepare_smarthost(system: DebianSystem, artifacts: Artifacts) -> str:
@@ -402,24 +413,17 @@ class Sink:
         return wait_until(f"the sink to receive {what}", probe, timeout)
 
     def stop(self) -> list[str]:
-        if self.process is None or self.process.poll() is not None:
-            return []
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        return []
+        return machines.stop_process(self.process)
 
 
-def start_sink(network: TestNetwork, spool: Path, log: Path) -> Sink:
+def start_sink(namespace: str, spool: Path, log: Path) -> Sink:
+    """The SMTP sink on SINK_ADDRESS, in that network namespace."""
     spool.mkdir(parents=True, exist_ok=True)
     # Its own key: the DANE cases publish it as TLSA (tests/e2e/test_deliverability.py).
     sink = Sink(spool, make_key_pair(spool.parent, SINK_HOSTNAME))
     with log.open("wb") as output:
         sink.process = subprocess.Popen(
-            ["ip", "netns", "exec", network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
+            ["ip", "netns", "exec", namespace, "/usr/bin/python3", str(Path(__file__).with_name("smtp_sink.py")),
              "--listen", SINK_ADDRESS, "--spool", str(spool), "--name", SINK_HOSTNAME,
              "--tls-cert", str(sink.key.certificate), "--tls-key", str(sink.key.key)],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=COMMAND_ENVIRONMENT,
@@ -514,7 +518,6 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         shutil.rmtree(run_directory)
     run_directory.mkdir(parents=True)
     cleanup: list[tuple[str, Callable[[], list[str]]]] = []
-    problems: list[str] = []
     try:
         relay_system = DebianSystem(base_tarball(relay_release, RELAY_PACKAGES), relay_release)
         cleanup.append(("remove the relay's directory", lambda: _remove(relay_system)))
@@ -540,30 +543,16 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
         cleanup.append(
             ("save the smarthost's journal", lambda: _save_journal(smarthost, run_directory / "smarthost-journal.txt"))
         )
-        relay.boot()
-        smarthost.boot()
-        for container in (relay, smarthost):
-            state = container.wait_booted()
-            if state != "running":
-                failed = container.run("systemctl --failed --no-legend --no-pager").stdout
-                raise AssertionError(
-                    f"{container.machine} ({container.release}) booted {state}: failed units:\n{failed}"
-                )
+        machines.boot_all([relay, smarthost])
 
-        sink = start_sink(network, run_directory / "sink", run_directory / "sink.log")
+        sink = start_sink(network.world, run_directory / "sink", run_directory / "sink.log")
         cleanup.append(("stop the SMTP sink", sink.stop))
         bed = Testbed(artifacts, network, relay, smarthost, sink, run_directory, install_logs)
         wait_for_relay_services(bed)
-        bed.schleuder_error = create_schleuder_list(bed)
+        bed.schleuder_error = create_schleuder_list(relay)
         yield bed
     finally:
-        for what, action in reversed(cleanup):
-            try:
-                problems += action()
-            except Exception as error:
-                problems.append(f"{what}: {error}")
-        if problems:
-            raise AssertionError("cleaning up the test bed failed:\n" + "\n".join(problems))
+        machines.undo(cleanup, "the test bed")
 
 
 def _remove(system: DebianSystem) -> list[str]:
@@ -616,9 +605,8 @@ def wait_for_relay_services(bed: Testbed) -> None:
     )
 
 
-def create_schleuder_list(bed: Testbed) -> str | None:
+def create_schleuder_list(relay: Container) -> str | None:
     """Create machines@ with schleuder-cli, its admin at the sink; return why it failed, if it did."""
-    relay = bed.relay
     script = f"""set -e
 export GNUPGHOME=/root/e2e-gnupg
 mkdir -p -m 0700 $GNUPGHOME

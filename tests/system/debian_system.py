@@ -35,9 +35,16 @@ def cache_directory() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "oignons-mail"
 
 
-def base_tarball(release: str, packages: tuple[str, ...]) -> Path:
-    """The cached base system of `release` with `packages`, built if missing or old."""
-    key = hashlib.sha256(f"{release} {MIRROR} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
+def base_tarball(release: str, packages: tuple[str, ...], customize: tuple[str, ...] = ()) -> Path:
+    """The cached base system of `release` with `packages`, built if missing or old.
+
+    `customize`: mmdebstrap --customize-hook commands (run with the mirror
+    still reachable, before mmdebstrap's cleanup), part of the cache key.
+    """
+    description = f"{release} {MIRROR} {' '.join(sorted(packages))}"
+    if customize:
+        description += " " + " ".join(customize)
+    key = hashlib.sha256(description.encode()).hexdigest()[:12]
     tarball = cache_directory() / f"{release}-{key}.tar"
     if tarball.is_file() and time.time() - tarball.stat().st_mtime < MAX_BASE_AGE_SECONDS:
         return tarball
@@ -48,6 +55,7 @@ def base_tarball(release: str, packages: tuple[str, ...]) -> Path:
         "--variant=apt",
         "--mode=root",
         f"--include={','.join(packages)}",
+        *(f"--customize-hook={hook}" for hook in customize),
         release,
         str(partial),
         MIRROR,
