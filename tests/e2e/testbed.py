@@ -66,6 +66,7 @@ LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
 # An administrator's own alias, in /etc/aliases (the packages leave it alone).
 TEST_ALIAS = ("alice", f"alice@{OUTSIDE_DOMAIN}")
 GREYLIST_DELAY_SECONDS = 5
+RSPAMD_START_TIMEOUT = 240.0
 UNBOUND_TEST_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e.conf"
 # Where the relay package makes rspamd's DKIM keys (relative to the root).
 DKIM_DIRECTORY = "var/lib/rspamd/dkim"
@@ -589,6 +590,8 @@ def wait_for_relay_services(bed: Testbed) -> None:
         diagnose=relay.run(f"systemctl status --no-pager {' '.join(units)}").stdout,
     )
     milter = bed.artifacts.site.relay.rspamd_milter_socket
+    # rspamd creates it once its configuration is loaded: 40 to 60 s for
+    # bookworm's rspamd 3.4 on a busy 2-core machine (seen here).
     wait_until(
         f"rspamd's milter socket {milter}",
         lambda: True if relay.run(f"test -S {milter}").returncode == 0 else None,
