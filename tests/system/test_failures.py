@@ -122,10 +122,11 @@ def fail_and_fix(system: DebianSystem, deb: str, mount: str, fix_command: str) -
     return Failure(result, inside.stdout, converged, trees(system))
 
 
-READ_ONLY = "mount --bind /etc/postfix /etc/postfix && mount -o remount,bind,ro /etc/postfix"
+# (A mount that fails stops the command: the case would test nothing.)
+READ_ONLY = "mount --bind /etc/postfix /etc/postfix && mount -o remount,bind,ro /etc/postfix || exit 99"
 # A copy of /etc/postfix on a tmpfs, then filled up.
-FULL = """mkdir -p /root/postfix-copy && cp -a /etc/postfix/. /root/postfix-copy/
-mount -t tmpfs -o size=2m,mode=755 tmpfs /etc/postfix && cp -a /root/postfix-copy/. /etc/postfix/
+FULL = """mkdir -p /root/postfix-copy && cp -a /etc/postfix/. /root/postfix-copy/ &&
+mount -t tmpfs -o size=2m,mode=755 tmpfs /etc/postfix && cp -a /root/postfix-copy/. /etc/postfix/ || exit 99
 dd if=/dev/zero of=/etc/postfix/filler bs=4k 2>/dev/null"""
 
 
@@ -154,6 +155,8 @@ def story(request: pytest.FixtureRequest, dist: Path, tmp_path_factory: pytest.T
         for number, (case, (edit, _)) in enumerate(BROKEN_RELEASES.items(), start=1):
             broken = package_for_site(base, TEST_SITE, f"{version}+test1+broken{number}", work, edit)
             story.failures[case] = fail_and_fix(system, copy_package(system, broken), "", restore_data)
+        # bookworm's minimal system has no mount(8).
+        system.run("command -v mount >/dev/null || apt-get install -y -q mount").check("install mount")
         story.failures["a read-only /etc/postfix"] = fail_and_fix(system, good, READ_ONLY, "")
         story.failures["a full /etc/postfix"] = fail_and_fix(system, good, FULL, "")
         for answer in (
