@@ -179,8 +179,11 @@ def s_client(bed: Testbed, port: int, *options: str) -> str:
     result = bed.world(
         ["openssl", "s_client", "-connect", f"{RELAY_WORLD_ADDRESS}:{port}", *starttls, *options], 60, ""
     )
-    found = re.search(r"^New, (TLSv[\d.]+), Cipher is (\S+)", result.stdout, re.M)
-    return f"{found.group(1)} {found.group(2)}" if found else ""
+    cipher = re.search(r"^New, \S+, Cipher is (\S+)", result.stdout, re.M)
+    protocol = re.search(r"^\s+Protocol\s*: (\S+)", result.stdout, re.M)
+    if cipher is None or cipher.group(1) == "(NONE)" or protocol is None:
+        return ""
+    return f"{protocol.group(1)} {cipher.group(1)}"
 
 
 @pytest.mark.parametrize("port", [25, 465])
