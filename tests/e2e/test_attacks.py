@@ -179,8 +179,11 @@ def s_client(bed: Testbed, port: int, *options: str) -> str:
     result = bed.world(
         ["openssl", "s_client", "-connect", f"{RELAY_WORLD_ADDRESS}:{port}", *starttls, *options], 60, ""
     )
-    found = re.search(r"^New, (TLSv[\d.]+), Cipher is (\S+)", result.stdout, re.M)
-    return f"{found.group(1)} {found.group(2)}" if found else ""
+    cipher = re.search(r"^New, \S+, Cipher is (\S+)", result.stdout, re.M)
+    protocol = re.search(r"^\s+Protocol\s*: (\S+)", result.stdout, re.M)
+    if cipher is None or cipher.group(1) == "(NONE)" or protocol is None:
+        return ""
+    return f"{protocol.group(1)} {cipher.group(1)}"
 
 
 @pytest.mark.parametrize("port", [25, 465])
@@ -216,7 +219,7 @@ def test_testssl_finds_nothing_not_ok_but_the_test_certificate(bed: Testbed) -> 
     """
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {port: pool.submit(bed.world, testssl_command(port), TESTSSL_TIMEOUT_SECONDS) for port in (25, 465)}
+        runs = {port: pool.submit(bed.world, command_of_testssl(port), TESTSSL_TIMEOUT_SECONDS) for port in (25, 465)}
         outputs = {port: run.result() for port, run in runs.items()}
     seconds = time.monotonic() - started
     for port, result in outputs.items():
@@ -227,7 +230,7 @@ def test_testssl_finds_nothing_not_ok_but_the_test_certificate(bed: Testbed) -> 
         assert unexpected == [], f"port {port}:\n" + "\n".join(unexpected)
 
 
-def testssl_command(port: int) -> list[str]:
+def command_of_testssl(port: int) -> list[str]:
     starttls = ["--starttls", "smtp"] if port == 25 else []
     return ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none", "--connect-timeout", "10",
             "--openssl-timeout", "10", *starttls, f"{RELAY_WORLD_ADDRESS}:{port}"]  # fmt: skip
