@@ -10,7 +10,7 @@
 
 QA_TOOL = tests/qa/debian-qa
 QA_RELEASES = bookworm trixie
-QA_PACKAGES = oignons-mail-smarthost oignons-mail-relay oignons-mail
+QA_PACKAGES = oignons-mail-smarthost oignons-mail-relay oignons-mail oignons-mail-archive-keyring
 
 QA_SBUILD = $(QA_RELEASES:%=sbuild-%)
 QA_AUTOPKGTEST = $(QA_RELEASES:%=autopkgtest-%)

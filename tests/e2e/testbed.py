@@ -66,14 +66,13 @@ LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
 # An administrator's own alias, in /etc/aliases (the packages leave it alone).
 TEST_ALIAS = ("alice", f"alice@{OUTSIDE_DOMAIN}")
 GREYLIST_DELAY_SECONDS = 5
-RSPAMD_START_TIMEOUT = 240.0
 UNBOUND_TEST_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e.conf"
 # Where the relay package makes rspamd's DKIM keys (relative to the root).
 DKIM_DIRECTORY = "var/lib/rspamd/dkim"
 # rspamd loads its configuration before it opens the milter socket: seconds
 # when the machine is idle, more than a minute when it is loaded (seen here
-# at a load average of 20 on two cores).
-RSPAMD_START_TIMEOUT = 180.0
+# at a load average of 20 on two cores; bookworm's rspamd 3.4 the slowest).
+RSPAMD_START_TIMEOUT = 240.0
 
 # What the base systems hold besides Debian's minimal one: systemd to boot,
 # the packages' dependencies, and on the relay what it recommends and the
