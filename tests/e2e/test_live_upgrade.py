@@ -249,8 +249,8 @@ def longest_outage(attempts: list[Attempt]) -> float:
     " drop-in is still installed, so the new master runs confined (no CAP_SYS_CHROOT) with the stock master.cf's"
     " chroot = y services failing (trixie's journal: pickup, tlsmgr `chroot: Operation not permitted`; on both"
     " releases the next SMTP session is accepted, then reset) until the next restart, as the postrm's"
-    " daemon-reload restarts nothing; on trixie stopping Postfix in the prerm also hung until systemd's 90 s"
-    " stop timeout",
+    " daemon-reload restarts nothing; on trixie (2 runs of 3) stopping Postfix in the prerm also hung until"
+    " systemd's 90 s stop timeout",
 )
 def test_mail_keeps_flowing_through_the_removal_and_postfix_runs_unconfined_after_it(cycle: LiveCycle) -> None:
     summary = cycle.summary()
