@@ -127,6 +127,8 @@ READ_ONLY = "mount --bind /etc/postfix /etc/postfix && mount -o remount,bind,ro 
 # A copy of /etc/postfix on a tmpfs, then filled up.
 FULL = """mkdir -p /root/postfix-copy && cp -a /etc/postfix/. /root/postfix-copy/ &&
 mount -t tmpfs -o size=2m,mode=755 tmpfs /etc/postfix && cp -a /root/postfix-copy/. /etc/postfix/ || exit 99
+# Never fill anything but that tmpfs.
+[ "$(stat -f -c %T /etc/postfix)" = tmpfs ] || exit 99
 dd if=/dev/zero of=/etc/postfix/filler bs=4k 2>/dev/null"""
 
 
