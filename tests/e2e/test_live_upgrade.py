@@ -244,14 +244,9 @@ def longest_outage(attempts: list[Attempt]) -> float:
     return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
 
 
-@pytest.mark.xfail(
-    reason="known bug of the maintainer scripts: the prerm's revert restarts Postfix while the confinement"
-    " drop-in is still installed, so the new master runs confined (no CAP_SYS_CHROOT) with the stock master.cf's"
-    " chroot = y services failing (trixie's journal: pickup, tlsmgr `chroot: Operation not permitted`; on both"
-    " releases the next SMTP session is accepted, then reset) until the next restart, as the postrm's"
-    " daemon-reload restarts nothing; on trixie (2 runs of 3) stopping Postfix in the prerm also hung until"
-    " systemd's 90 s stop timeout",
-)
+# The prerm reverts without a restart; the postrm restarts Postfix once the
+# drop-in is gone (restarted by the prerm, still confined, the master could
+# not chroot the stock services the revert brings back).
 def test_mail_keeps_flowing_through_the_removal_and_postfix_runs_unconfined_after_it(cycle: LiveCycle) -> None:
     summary = cycle.summary()
     assert summary.get("removed", Counter())["accepted"] > 0, f"nothing accepted once removed: {summary}"
