@@ -29,7 +29,7 @@ RUFF_VERSION = 0.17.6
 MYPY_VERSION = 2.4.1
 
 # What `make check` needs beyond the build-dependencies.
-CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-dnspython python3-venv python3-pip \
+CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-pytest-xdist python3-dnspython python3-venv python3-pip \
 	debian-archive-keyring util-linux
 
 SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/dkim-keys debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config

@@ -20,7 +20,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from tests.e2e.machines import leftovers_of_run, sweep_killed_runs  # noqa: E402
-from tests.e2e.testbed import Artifacts, Testbed, build_artifacts, prefetch_base_systems, testbed  # noqa: E402
+from tests.e2e.testbed import WORK, Artifacts, Testbed, build_artifacts, prefetch_base_systems, testbed  # noqa: E402
 
 ENABLE_VARIABLE = "OIGNONS_MAIL_E2E"
 # The two runs: each release once as the relay, the other as the smarthost.
@@ -66,11 +66,16 @@ def artifacts() -> Iterator[Artifacts]:
         print(f"removed the leftover of a killed run: {leftover}")
     # The base systems (cached; built the first time) while the packages build.
     with prefetch_base_systems(PAIRS):
-        built = build_artifacts()
+        built = build_artifacts(worker_directory())
     yield built
     # Torn down last, after every test bed: the run must have undone all it made.
     leftovers = leftovers_of_run(os.getpid())
     assert leftovers == [], "the end-to-end run left behind:\n" + "\n".join(leftovers)
+
+
+def worker_directory() -> Path:
+    """This run's own directory under build/e2e: pytest-xdist's workers (make check) each have one."""
+    return WORK / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=[f"relay-{r}+smarthost-{s}" for r, s in PAIRS])

@@ -49,7 +49,8 @@ def base_tarball(release: str, packages: tuple[str, ...], customize: tuple[str, 
     if tarball.is_file() and time.time() - tarball.stat().st_mtime < MAX_BASE_AGE_SECONDS:
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(".partial.tar")
+    # Of this process: runs side by side (pytest-xdist) may build the same base.
+    partial = tarball.with_suffix(f".partial-{os.getpid()}.tar")
     command = [
         "mmdebstrap",
         "--variant=apt",
