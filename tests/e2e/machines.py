@@ -430,11 +430,21 @@ def _processes_in_network_namespace(namespace: Path) -> list[int]:
 
 
 def _run_alive(pid: int) -> bool:
-    """Whether the test run of that PID still runs (a reused PID runs something else)."""
-    try:
-        return b"pytest" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    """Whether the test run of that PID still runs (a reused PID runs something else).
+
+    A pytest-xdist worker's command line does not name pytest, its parent's
+    (the controlling pytest) does: look up a few generations.
+    """
+    for _generation in range(3):
+        try:
+            if b"pytest" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
 
 
 def _container_init(nspawn_pid: int) -> int | None:
