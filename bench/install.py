@@ -143,23 +143,38 @@ exec /usr/lib/{RELAY}/postfix-apply.real "$@"
 """
 
 
+def prepare_relay_system(tarball: Path, deb_file: Path) -> DebianSystem:
+    """A relay base system with oignons-mail-relay installed, its postfix-apply wrapped by WRAPPER."""
+    system = DebianSystem(tarball, RELEASE)
+    try:
+        _install_relay(system, deb_file)
+    except BaseException:
+        system.remove()
+        raise
+    return system
+
+
+def _install_relay(system: DebianSystem, deb_file: Path) -> None:
+    script = f"/usr/lib/{RELAY}/postfix-apply"
+    wrapper = system.root / script.lstrip("/")
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    system.run(f"dpkg-divert --quiet --rename --divert {script}.real --add {script}").check("dpkg-divert")
+    wrapper.write_text(WRAPPER)
+    wrapper.chmod(0o755)
+    # The relay's postinst reads /etc/postfix/oignons-mail/aliases, which
+    # postfix-apply no longer writes (the sources are in /var/lib/PACKAGE/tables.d):
+    # without this file its install fails when Schleuder is installed.
+    # Not the bench's to fix; the file changes nothing that is measured.
+    (system.root / "etc/postfix/oignons-mail").mkdir(parents=True, exist_ok=True)
+    (system.root / "etc/postfix/oignons-mail/aliases").touch()
+    deb = system.copy_in(deb_file, f"/root/{deb_file.name}")
+    system.run(f"set -e; dpkg -i {deb}").check(f"dpkg -i {RELAY}")
+
+
 def apply_figures(runs: int) -> list[Figure]:
-    system = DebianSystem(base_tarball(RELEASE, RELAY_PACKAGES), RELEASE)
+    system = prepare_relay_system(base_tarball(RELEASE, RELAY_PACKAGES), package(RELAY))
     try:
         script = f"/usr/lib/{RELAY}/postfix-apply"
-        wrapper = system.root / script.lstrip("/")
-        wrapper.parent.mkdir(parents=True, exist_ok=True)
-        system.run(f"dpkg-divert --quiet --rename --divert {script}.real --add {script}").check("dpkg-divert")
-        wrapper.write_text(WRAPPER)
-        wrapper.chmod(0o755)
-        # The relay's postinst reads /etc/postfix/oignons-mail/aliases, which
-        # postfix-apply no longer writes (the sources are in /var/lib/PACKAGE/tables.d):
-        # without this file its install fails when Schleuder is installed.
-        # Not the bench's to fix; the file changes nothing that is measured.
-        (system.root / "etc/postfix/oignons-mail").mkdir(parents=True, exist_ok=True)
-        (system.root / "etc/postfix/oignons-mail/aliases").touch()
-        deb = system.copy_in(package(RELAY), f"/root/{package(RELAY).name}")
-        system.run(f"set -e; dpkg -i {deb}").check(f"dpkg -i {RELAY}")
         command = f"{script}.real apply {RELAY} /root/bench-settings"
         figure = Figure("apply_seconds_relay", "s", "<= 1")
         for _ in range(runs + 1):  # the first, untimed, shows what a no-change run prints
