@@ -21,6 +21,7 @@ import itertools
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.testbed import RELAY_PACKAGES
@@ -143,10 +144,14 @@ exec /usr/lib/{RELAY}/postfix-apply.real "$@"
 """
 
 
-def prepare_relay_system(tarball: Path, deb_file: Path) -> DebianSystem:
+def prepare_relay_system(
+    tarball: Path, deb_file: Path, before_install: Callable[[DebianSystem], None] | None = None
+) -> DebianSystem:
     """A relay base system with oignons-mail-relay installed, its postfix-apply wrapped by WRAPPER."""
     system = DebianSystem(tarball, RELEASE)
     try:
+        if before_install is not None:
+            before_install(system)
         _install_relay(system, deb_file)
     except BaseException:
         system.remove()
