@@ -114,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures: list[Figure] = []
     for group in groups:
         print(f"bench: measuring {group} ...", flush=True)
-        figures.extend(GROUPS[group](options.runs))
+        try:
+            figures.extend(GROUPS[group](options.runs))
+        except Exception as error:  # the other groups' figures still count
+            print(f"bench: {group} failed: {error}", file=sys.stderr, flush=True)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            figures.append(Figure(f"{group} (group)", "", "", [], f"not measured: {group} failed: {reason}"))
     text = table(figures)
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,8 @@ STOCK_HOSTNAME = "stock.nos-oignons.net"
 RECIPIENT = "sink@elsewhere.test"
 SENDER = "bench@nos-oignons.net"
 LOAD_TIMEOUT = 600
+# Names of this bench's containers and network namespaces.
+RUN_PREFIX = "obench"
 Cleanup = tuple[str, Callable[[], list[str]]]
 RSPAMD_TIMEOUT = 240.0
 
@@ -245,7 +247,9 @@ def throughput_figures(runs: int) -> list[Figure]:
     # The test keys, a site pinning them, and the packages built from it (tests/e2e/testbed.py).
     artifacts = build_artifacts(WORK / "e2e")
     pid = os.getpid()
-    network = machines.TestNetwork.for_run(pid)
+    # Not the e2e tests' "oe2e" prefix: their sweep takes a run without pytest in its
+    # command line for a dead one and would power these systems off.
+    network = machines.TestNetwork(*(f"{RUN_PREFIX}{pid}-{role}" for role in ("bulbe", "marcuse", "world")))
     cleanup: list[Cleanup] = []
     rates = Rates()
     try:
@@ -253,12 +257,12 @@ def throughput_figures(runs: int) -> list[Figure]:
         cleanup.append(("delete the network namespaces", network.destroy))
         network.create()
         route_through_relay(network)
-        relay = Container(relay_system, machines.machine_name("bulbe", pid), RELAY_HOSTNAME, network.relay,
+        relay = Container(relay_system, f"{RUN_PREFIX}-bulbe-{pid}", RELAY_HOSTNAME, network.relay,
                           WORK / "relay-console.log")  # fmt: skip
-        stock = Container(stock_system, machines.machine_name("marcuse", pid), STOCK_HOSTNAME, network.smarthost,
+        stock = Container(stock_system, f"{RUN_PREFIX}-marcuse-{pid}", STOCK_HOSTNAME, network.smarthost,
                           WORK / "stock-console.log")  # fmt: skip
         # The node takes the stock system's place in the node's namespace, after it.
-        node = Container(node_system, machines.machine_name("node", pid), SMARTHOST_HOSTNAME, network.smarthost,
+        node = Container(node_system, f"{RUN_PREFIX}-node-{pid}", SMARTHOST_HOSTNAME, network.smarthost,
                          WORK / "node-console.log")  # fmt: skip
         cleanup.append(("power the systems off", lambda: machines.stop_all([relay, stock, node])))
         boot_all([relay, stock])
