@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("make bench builds packages and installs them into chroots: run it as root", file=sys.stderr)
         return 2
+    # SIGTERM as Ctrl-C: the harness's cleanup (containers, namespaces) runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine_before = machine()
     figures: list[Figure] = []
@@ -120,11 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: {group} failed: {error}", file=sys.stderr, flush=True)
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             figures.append(Figure(f"{group} (group)", "", "", [], f"not measured: {group} failed: {reason}"))
-    text = table(figures)
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({f.key: f.median for f in figures if f.values}, indent=2) + "\n", encoding="utf-8")
-    write_document(text, started, machine_before, machine())
+        # Written after each group: a run stopped half-way keeps what it measured.
+        text = table(figures)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        measured = {figure.key: figure.median for figure in figures if figure.values}
+        RESULTS.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+        write_document(text, started, machine_before, machine())
+    print(table(figures))
     print(f"bench: wrote {RESULTS.relative_to(ROOT)} and {DOCUMENT.relative_to(ROOT)}")
     return 0
 

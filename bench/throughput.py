@@ -225,7 +225,14 @@ def measure(relay: Container, stock: Container, node: Container, runs: int, rate
     if problems:
         raise RuntimeError(f"powering the stock system off: {problems}")
     boot_all([node])
-    node_messages = MESSAGES // 2
+    # The relay's per-client limits (client_limits: 100 connections a minute)
+    # defer a node sending faster, one connection a message (seen: 421 "too
+    # many connections" for 160 of 250 messages): the node is exempted here.
+    relay.check(
+        'postconf -e "smtpd_client_event_limit_exceptions=$(postconf -h smtpd_client_event_limit_exceptions),'
+        f' {SMARTHOST_ADDRESS}" && postfix reload'
+    )
+    node_messages = MESSAGES // 5
     load(node, sendmail_script(SESSIONS), SESSIONS)
     for _ in range(runs):
         rates.node.values.append(load(node, sendmail_script(node_messages), node_messages).rate)
@@ -280,8 +287,9 @@ def throughput_figures(runs: int) -> list[Figure]:
     )
     bare_rate.note = "the same relay with rspamd stopped (milter_default_action = accept)"
     node_rate.note = (
-        f"{MESSAGES // 2} messages, one sendmail each, node -> relay over pinned TLS -> sink;"
-        " until the node's queue is empty"
+        f"{MESSAGES // 5} messages, one sendmail each, node -> relay over pinned TLS -> sink;"
+        " until the node's queue is empty; the relay's per-client limits exempted for the node"
+        " (as shipped: 100 connections a minute a node)"
     )
     reuse.note = (
         'resumed / established TLS sessions in the node\'s log ("Reusing old session" needs smtp_tls_loglevel 2:'
