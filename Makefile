@@ -85,6 +85,8 @@ include $(wildcard mk/*.mk)
 
 # Figures, not tests: timings of validation and rendering, package sizes,
 # the responder's time on hostile messages at several sizes (linear growth).
+# As root: builds, installs into chroots, boots test systems (docs/benchmarks.md).
 bench:
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py
+	$(PYTHON) bench/figures.py
