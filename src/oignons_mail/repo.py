@@ -187,7 +187,8 @@ def _copyright(archive: Archive) -> str:
 def _changelog(archive: Archive, version: str, date: str) -> str:
     return (
         f"{KEYRING_PACKAGE} ({version}) {archive.suite}; urgency=medium\n\n"
-        f"  * Repository {archive.uri}, published with oignons-mail {version}.\n\n"
+        # The URI on a line of its own: changelog lines stay under 80 columns.
+        f"  * Published with oignons-mail {version}, for the repository at\n    {archive.uri}\n\n"
         f" -- {archive.maintainer}  {date}\n"
     )
 
