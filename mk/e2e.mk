@@ -20,11 +20,13 @@ PYTEST_WORKERS = -n 3 --dist loadfile
 .PHONY: e2e e2e-deps
 
 # $(call pytest_with_e2e,ARGUMENTS): pytest with the end-to-end tests enabled;
-# the exposure report is printed whatever the outcome, the status kept.
+# the runs' reports (exposure scores, the attacks' answers, ...) are printed
+# whatever the outcome, then pytest's closing summary line again, the status kept.
 define pytest_with_e2e
-	rm -f $(E2E_REPORTS); \
-	OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest $(PYTEST_WORKERS) $(1); \
-	status=$$?; cat $(E2E_REPORTS) 2>/dev/null; exit $$status
+	rm -f $(E2E_REPORTS) build/pytest.log build/pytest.status; mkdir -p build; \
+	{ OIGNONS_MAIL_E2E=1 $(PYTHON) -m pytest $(PYTEST_WORKERS) $(1); echo $$? > build/pytest.status; } 2>&1 \
+		| tee build/pytest.log; \
+	cat $(E2E_REPORTS) 2>/dev/null; tail -n 1 build/pytest.log; exit $$(cat build/pytest.status)
 endef
 
 e2e-deps: build-deps
