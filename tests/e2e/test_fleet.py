@@ -65,6 +65,9 @@ def bed() -> Iterator[Fleet]:
         artifacts: FleetArtifacts = build_fleet_artifacts()
         with fleet(artifacts) as result:
             yield result
+        # Signing the releases started a gpg-agent in the test's GnuPG home.
+        subprocess.run(["gpgconf", "--homedir", str(artifacts.gnupg_home), "--kill", "all"],
+                       capture_output=True, timeout=30, check=False)  # fmt: skip
         # The fleet undid all it made (the other e2e module's test beds come after it).
         leftovers = leftovers_of_run(os.getpid())
         if result.server.process is not None and result.server.process.poll() is None:

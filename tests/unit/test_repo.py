@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,20 @@ def test_keyring_package_tree() -> None:
     )
 
 
+@pytest.fixture
+def gnupg_home(tmp_path: Path) -> Iterator[Path]:
+    """A GnuPG home for the test; the gpg-agent that signing starts there is stopped after it."""
+    home = tmp_path / "gnupg"
+    yield home
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+
+
 @pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("gpg", "apt-ftparchive", "dpkg-deb")),
     reason="needs gpg, apt-ftparchive (apt-utils) and dpkg-deb",
 )
-def test_publish_signs_and_keeps_every_version(tmp_path: Path) -> None:
-    home, repository = tmp_path / "gnupg", tmp_path / "repo"
+def test_publish_signs_and_keeps_every_version(tmp_path: Path, gnupg_home: Path) -> None:
+    home, repository = gnupg_home, tmp_path / "repo"
     debs = [_tiny_deb(tmp_path, "1.0"), _tiny_deb(tmp_path, "1.1")]
     date = "Wed, 25 Nov 2026 12:00:00 +0000"
     repo.publish(debs[:1], repository, archive=ARCHIVE, version="1.0", date=date, home=home)
