@@ -110,6 +110,11 @@ def cmd_repo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_site_option(command: argparse.ArgumentParser) -> None:
+    """The --site option of the commands that read a site file."""
+    command.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="oignons-mail",
@@ -126,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("site", type=Path, nargs="?", default=DEFAULT_SITE, help="site file (default: %(default)s)")
 
     render_parser = add("render", cmd_render, "render a site into a folder of package data files")
-    render_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    add_site_option(render_parser)
     render_parser.add_argument(
         "dest",
         type=Path,
@@ -155,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     dns_parser = add("dns", cmd_dns, "print the DNS records the site needs (zone-file lines), or --check them")
-    dns_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    add_site_option(dns_parser)
     dns_parser.add_argument(
         "--cert",
         type=Path,
@@ -183,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     build = add("build", cmd_build, "build the .deb packages with dpkg-buildpackage")
-    build.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    add_site_option(build)
     build.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
     build.add_argument(
         "--work", type=Path, default=Path("build/pkg"), help="where the build runs (default: %(default)s)"
@@ -191,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--dist", type=Path, default=Path("dist"), help="where the .debs go (default: %(default)s)")
     repo_parser = add("repo", cmd_repo, "publish dist/*.deb into a signed APT repository for the fleet")
     repo_parser.add_argument("--uri", required=True, help="where the repository will be served (nodes' URIs:)")
-    repo_parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    add_site_option(repo_parser)
     repo_parser.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
     repo_parser.add_argument("--dist", type=Path, default=Path("dist"), help="the .debs (default: %(default)s)")
     repo_parser.add_argument("--repo", type=Path, default=Path("dist/repo"), help="repository (default: %(default)s)")
