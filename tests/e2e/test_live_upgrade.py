@@ -37,6 +37,10 @@ RECIPIENT = f"e2e-live@{OUTSIDE_DOMAIN}"
 MINIMUM_MESSAGES = 200
 CLIENT_INTERVAL_SECONDS = 0.2
 SETTLE_SECONDS = 4.0  # the client's time in each settled state between steps
+# The client is serial: a session that began before a restart can last until the
+# new master answers (smtpd retries its private services), so a settled state
+# lasts until one attempt begun in it is accepted, or this many seconds.
+SETTLE_TIMEOUT = 90.0
 OUTAGE_LIMIT_SECONDS = 30.0  # a restart takes seconds; systemd's stop timeout is 90
 DELIVERY_TIMEOUT = 300.0
 APT_TIMEOUT = 600.0
@@ -143,12 +147,26 @@ def edit_rate(main_cf: str) -> str:
 
 def read_attempts(path: Path) -> list[Attempt]:
     attempts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # Only whole lines: the client may be writing the last one.
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
         record = json.loads(line)
         attempts.append(
             Attempt(str(record["message_id"]), float(record["time"]), int(record["code"]), str(record["text"]))
         )
     return attempts
+
+
+def settle(log_path: Path, since: float) -> None:
+    """Let the client work in the state reached at `since`: a while, and until one of its attempts is accepted."""
+    time.sleep(SETTLE_SECONDS)
+
+    def accepted_since() -> Attempt | None:
+        return next((a for a in read_attempts(log_path) if a.accepted and a.time >= since), None)
+
+    with contextlib.suppress(AssertionError):  # the tests below say which state refused mail
+        wait_until(f"an attempt accepted since {since:.1f}", accepted_since, SETTLE_TIMEOUT)
 
 
 def delivered_counts(bed: Testbed) -> Counter[str]:
@@ -186,7 +204,7 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     )  # fmt: skip
     steps, marks = [], []
     try:
-        time.sleep(SETTLE_SECONDS)  # a few messages before the first step
+        settle(log_path, time.time())  # a few messages before the first step
         marks.append(("upgrade", time.time()))
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
         marks.append(("upgraded", time.time()))
@@ -194,7 +212,7 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
         after_upgrade = drop_ins(bed)
         no_new_privs = master_no_new_privs(bed)
         exposure_upgraded = bed.relay_exposure()
-        time.sleep(SETTLE_SECONDS)
+        settle(log_path, marks[-1][1])
         marks.append(("remove", time.time()))
         steps.append(apt(bed, f"remove -y -q {PACKAGE}"))
         marks.append(("removed", time.time()))
@@ -202,12 +220,12 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
         exposure_removed = bed.relay_exposure()
         active_after_removal = bed.relay.run(f"systemctl is-active {bed.relay_unit}").stdout.strip()
         no_new_privs_removed = master_no_new_privs(bed)
-        time.sleep(SETTLE_SECONDS)
+        settle(log_path, marks[-1][1])
         marks.append(("reinstall", time.time()))
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
         marks.append(("reinstalled", time.time()))
         after_reinstall = drop_ins(bed)
-        time.sleep(SETTLE_SECONDS)
+        settle(log_path, marks[-1][1])
         stop_path.touch()
         _, errors = client.communicate(timeout=300)
         assert client.returncode == 0, f"the SMTP client failed:\n{errors.decode(errors='replace')[-3000:]}"
@@ -282,3 +300,20 @@ def test_after_removal_the_unit_is_the_stock_one(cycle: LiveCycle) -> None:
 
 def test_installing_it_again_brings_the_drop_in_back(cycle: LiveCycle) -> None:
     assert f"{PACKAGE}.conf" in cycle.drop_ins_after_reinstall, cycle.drop_ins_after_reinstall
+
+
+def test_a_refused_configuration_is_explained_from_the_journal(cycle: LiveCycle, bed: Testbed) -> None:
+    """On a booted relay, `postfix check`'s reason (it logs to syslog only) is in postfix-apply's error."""
+    data = f"/usr/share/{PACKAGE}/main.cf"
+    apply = f"/usr/lib/{PACKAGE}/postfix-apply apply {PACKAGE}"
+    before = bed.relay.check("cat /etc/postfix/main.cf /etc/postfix/master.cf | sha256sum")
+    bed.relay.check(f"cp -p {data} {data}.good && echo 'mail_owner = no-such-user' >> {data}")
+    try:
+        refused = bed.relay.run(apply)
+    finally:
+        bed.relay.check(f"mv {data}.good {data}")
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "fails `postfix check'" in refused.stderr, refused.stderr
+    assert "no-such-user" in refused.stderr, f"the reason is not quoted: {refused.stderr}"
+    assert bed.relay.check("cat /etc/postfix/main.cf /etc/postfix/master.cf | sha256sum") == before
+    bed.relay.check(apply)
