@@ -464,7 +464,23 @@ def rspamd_reason(message: Message, queue_id: str) -> str | None:
     incoming copy of the headers it adds (remove = 0 in its configuration), so
     a sender cannot supply the verdict while rspamd runs, and while it does
     not, a copy supplied by the sender lacks the queue ID.
+
+    One header needs no proof: X-Spam: Yes, which rspamd's proxy adds for
+    every spam action, also when a pre-result ends the scan before
+    milter_headers runs (a GTUBE-like pattern, a prefilter's verdict: no
+    X-Spam-Status, no queue ID then).  A sender's own copy can only silence
+    the reply to itself, never cause one.
     """
+    trusted = _trusted_rspamd_reason(message, queue_id)
+    if trusted:
+        return trusted
+    if any(strip_comments(value).lower() == "yes" for value in _header_values(message, "X-Spam")):
+        return "rspamd says spam (X-Spam: Yes)"
+    return None
+
+
+def _trusted_rspamd_reason(message: Message, queue_id: str) -> str | None:
+    """The verdict of rspamd's milter_headers, if X-Rspamd-Queue-Id proves it is rspamd's."""
     if not queue_id or queue_id not in (strip_comments(v) for v in _header_values(message, "X-Rspamd-Queue-Id")):
         return None
     for value in _header_values(message, "X-Spam-Status"):

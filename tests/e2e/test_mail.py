@@ -43,6 +43,7 @@ from tests.e2e.testbed import (
     MAX_EXPOSURE,
     OUTSIDE_DOMAIN,
     RELAY_HOSTNAME,
+    SCORED_SPAMMER,
     TEST_ALIAS,
     TOOL_ENVIRONMENT,
     Received,
@@ -366,6 +367,37 @@ def test_donation_responder_ignores_automatic_mail(bed: Testbed, label: str, ext
     time.sleep(QUIET_SECONDS)
     if sender:
         assert _replies_to(bed, sender) == [], f"the responder replied to {label} mail"
+
+
+# rspamd's test pattern for the action "add header" (enabled in the test bed only).
+GTUBE_ADD_HEADER = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@pytest.mark.parametrize(
+    ("sender", "body", "verdict"),
+    [
+        # By its score: milter_headers writes X-Spam-Status and the queue ID.
+        pytest.param(SCORED_SPAMMER, "Comment faire un don ?\n", "X-Spam-Status: Yes, score=", id="scored"),
+        # By a pre-result, which ends the scan before milter_headers: only the proxy's X-Spam.
+        pytest.param(f"gtube@{OUTSIDE_DOMAIN}", f"Comment faire un don ?\n{GTUBE_ADD_HEADER}\n", "X-Spam: Yes",
+                     id="pre-result"),
+    ],
+)  # fmt: skip
+def test_donation_responder_does_not_answer_what_rspamd_calls_spam(
+    bed: Testbed, sender: str, body: str, verdict: str
+) -> None:
+    # What rspamd says of the message, seen on a copy to the test alias (delivered to the sink).
+    arguments, message_id = swaks_message("spam", sender, f"{TEST_ALIAS[0]}@{DOMAIN}", "--body", body)
+    assert final_reply(bed.swaks(*arguments).stdout, "250 2.0.0"), "not accepted"
+    copy = bed.sink.wait_for("the copy to the test alias", lambda m: message_id in m.data, 60)
+    name, value = verdict.split(": ")
+    assert header(copy.data, name).startswith(value), f"rspamd did not call it spam:\n{copy.data}"
+    # Its own log line: pipe(8) cuts the responder's words in the delivery line short.
+    line = _responder_log(bed, _send_to_responder(bed, "dons-spam", sender, "--body", body))
+    assert f"no reply to {sender}: rspamd says spam ({verdict}" in line, f"the responder did not decline:\n{line}"
+    wait_until("the relay's queue to empty", lambda: _relay_queue_empty(bed), 60)
+    time.sleep(QUIET_SECONDS)
+    assert _replies_to(bed, sender) == [], "the responder replied to spam"
 
 
 def test_rspamd_writes_its_verdict_and_drops_the_senders_copy(bed: Testbed) -> None:

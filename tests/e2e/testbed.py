@@ -269,10 +269,16 @@ def _reverse(address: str) -> str:
     return ".".join(reversed(address.split(".")))
 
 
+# The outside sender that rspamd's test settings call spam by its score.
+SCORED_SPAMMER = f"scored-spammer@{OUTSIDE_DOMAIN}"
+
 RSPAMD_TEST_FILES = {
     # In the test network 10.237.0.0/16 plays the Internet: rspamd must not
     # treat it as local (it would skip the blocklist and greylisting).
-    "override.d/options.inc": 'local_addrs = ["127.0.0.0/8", "::1"];\n',
+    "override.d/options.inc": 'local_addrs = ["127.0.0.0/8", "::1"];\n'
+    # GTUBE's "add header" variant (tests/e2e/test_mail.py), never on a real
+    # relay: it lets a sender choose rspamd's action (3.8+, and before 3.8).
+    'gtube_patterns = "all";\nenable_test_patterns = true;\n',
     # The test blocklist, checked for the connecting client's address.
     "local.d/rbl.conf": (
         "rbls {\n"
@@ -288,6 +294,18 @@ RSPAMD_TEST_FILES = {
     "local.d/rbl_group.conf": (
         f'symbols {{\n  "{BLOCKLIST_SYMBOL}" {{\n    weight = 1.0;\n'
         '    description = "Listed on the e2e test blocklist";\n  }\n}\n'
+    ),
+    # Mail from this sender gets rspamd's "add header" action by its score
+    # (every threshold moved), the path where milter_headers writes the
+    # verdict (tests/e2e/test_mail.py).
+    "local.d/settings.conf": (
+        "oignons_e2e_scored_spam {\n"
+        "  priority = high;\n"
+        f'  from = "{SCORED_SPAMMER}";\n'
+        "  apply {\n"
+        '    actions { reject = 1000.0; "rewrite subject" = 1000.0; greylist = 1000.0; "add header" = -1000.0; }\n'
+        "  }\n"
+        "}\n"
     ),
     # A short delay, so that the test can retry (Postfix retries after minutes).
     "override.d/greylist.conf": f"timeout = {GREYLIST_DELAY_SECONDS};\n",

@@ -887,6 +887,15 @@ def test_untrusted_or_absent_verdict_is_ignored(queue_id: str, headers: tuple[st
     assert responder.rspamd_reason(message, queue_id) is None
 
 
+@pytest.mark.parametrize("queue_id", [QUEUE_ID, "", "4OtherQid"])
+@pytest.mark.parametrize(("value", "spam"), [("Yes", True), ("yes (x)", True), ("No", False), ("Yesterday", False)])
+def test_x_spam_yes_needs_no_proof(queue_id: str, value: str, spam: bool) -> None:
+    """rspamd's proxy header after a pre-result (no X-Spam-Status, no queue ID); a forged one only silences."""
+    message = responder.parse_message(raw_message(f"X-Spam: {value}"))
+    expected = "rspamd says spam (X-Spam: Yes)" if spam else None
+    assert responder.rspamd_reason(message, queue_id) == expected
+
+
 def test_main_declines_spam_by_the_trusted_verdict(run: Run, smtp_server: SMTPServer) -> None:
     argv = ["--config", str(run.config_path), "--sender", SENDER, "--queue-id", QUEUE_ID]
     raw = raw_message(*rspamd_headers("Yes, score=12.00", "add header"))
