@@ -25,16 +25,19 @@ from tests.e2e.machines import SINK_ADDRESS, run, wait_until
 from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
+    DKIM_DIRECTORY,
     DOMAIN,
     LIST_ADDRESS,
     LIST_ADMIN,
     OUTSIDE_DOMAIN,
+    RSPAMD_START_TIMEOUT,
     SINK_HOSTNAME,
     TOOL,
     TOOL_ENVIRONMENT,
     UNBOUND_TEST_CONF,
     Received,
     Testbed,
+    wait_for_relay_services,
 )
 
 SIGNED_DOMAIN = "signed.test"
@@ -276,3 +279,25 @@ def test_responder_reply_has_a_dkim_signature_that_verifies(bed: Testbed) -> Non
     signer = verify_dkim(bed, reply)
     assert signer == f"d={DOMAIN} s={bed.artifacts.site.dkim.selector}", signer
     bed.notes.append(f"DKIM of the responder's reply ({bed.name}): verifies, {signer}")
+
+
+def test_rspamd_makes_missing_dkim_keys_when_it_starts(bed: Testbed) -> None:
+    """The relay's drop-in for rspamd.service: rspamd installed after the relay package has its keys once it starts.
+
+    The keys are moved aside (as if rspamd had come later and our trigger had
+    run before its postinst made _rspamd), rspamd is restarted, then the keys
+    are put back for the other tests.
+    """
+    directory, aside, restart = f"/{DKIM_DIRECTORY}", "/root/dkim-aside", "systemctl restart rspamd.service"
+    before = bed.relay.check(f"cd {directory} && ls *.key").split()
+    assert before, f"no DKIM key in {directory}"
+    bed.relay.check(f"rm -rf {aside} && mkdir {aside} && mv {directory}/* {aside}/")
+    try:
+        bed.relay.check(restart, timeout=RSPAMD_START_TIMEOUT)
+        made = bed.relay.check(f"cd {directory} && stat -c '%n %U:%G %a' *.key").splitlines()
+        fresh = bed.relay.run(f"cd {directory} && for k in *.key; do cmp -s $k {aside}/$k || echo $k; done").stdout
+    finally:
+        bed.relay.check(f"mv -f {aside}/* {directory}/ && {restart}", timeout=RSPAMD_START_TIMEOUT)
+        wait_for_relay_services(bed)
+    assert made == [f"{key} _rspamd:_rspamd 640" for key in before], made
+    assert fresh.split() == before, "the keys after the restart are the old ones: nothing made them"
