@@ -82,7 +82,7 @@ def commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def write_document(text: str, started: str, machine_before: str, machine_after: str) -> None:
+def write_document(text: str, started: str, measured_commit: str, machine_before: str, machine_after: str) -> None:
     DOCUMENT.parent.mkdir(parents=True, exist_ok=True)
     DOCUMENT.write_text(
         "# Benchmarks\n\n"
@@ -92,7 +92,7 @@ def write_document(text: str, started: str, machine_before: str, machine_after: 
         "with the smallest and largest; the targets are those of the project's\n"
         "benchmark issue.  The machine is shared: compare medians and ratios, and read\n"
         "a wide min-max spread as noise from other work on it.\n\n"
-        f"- date: {started}\n- commit: {commit()}\n- machine at the start: {machine_before}\n"
+        f"- date: {started}\n- commit: {measured_commit}\n- machine at the start: {machine_before}\n"
         f"- machine at the end: {machine_after}\n\n" + text,
         encoding="utf-8",
     )
@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine_before = machine()
+    # Now: the document written after each group makes the tree dirty.
+    measured_commit = commit()
     figures: list[Figure] = []
     for group in groups:
         print(f"bench: measuring {group} ...", flush=True)
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         measured = {figure.key: figure.median for figure in figures if figure.values}
         RESULTS.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
-        write_document(text, started, machine_before, machine())
+        write_document(text, started, measured_commit, machine_before, machine())
     print(table(figures))
     print(f"bench: wrote {RESULTS.relative_to(ROOT)} and {DOCUMENT.relative_to(ROOT)}")
     return 0
