@@ -101,6 +101,8 @@ class LiveCycle:
     active_after_removal: str
     master_no_new_privs_after_removal: str
     drop_ins_after_reinstall: str
+    master_no_new_privs_after_reinstall: str
+    master_pids: tuple[str, str]  # master(8)'s PID before and after the upgrade
     steps: list[str]
     marks: list[tuple[str, float]]  # when each step began and ended
 
@@ -130,11 +132,14 @@ def drop_ins(bed: Testbed) -> str:
     return bed.relay.check(f"systemctl show -p DropInPaths --value {bed.relay_unit}").strip()
 
 
+def master_pid(bed: Testbed) -> str:
+    queue = bed.relay.check("postconf -h queue_directory").strip()
+    return bed.relay.check(f"cat {queue}/pid/master.pid").strip()
+
+
 def master_no_new_privs(bed: Testbed) -> str:
     """NoNewPrivs of the running master(8): 1 once it runs under our drop-in."""
-    queue = bed.relay.check("postconf -h queue_directory").strip()
-    pid = bed.relay.check(f"cat {queue}/pid/master.pid").strip()
-    status = bed.relay.check(f"cat /proc/{pid}/status")
+    status = bed.relay.check(f"cat /proc/{master_pid(bed)}/status")
     return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("NoNewPrivs:"))
 
 
@@ -205,12 +210,14 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     steps, marks = [], []
     try:
         settle(log_path, time.time())  # a few messages before the first step
+        pid_before_upgrade = master_pid(bed)
         marks.append(("upgrade", time.time()))
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
         marks.append(("upgraded", time.time()))
         upgraded_rate = bed.relay.check(f"postconf -h {RATE_KEY}").strip()
         after_upgrade = drop_ins(bed)
         no_new_privs = master_no_new_privs(bed)
+        pid_after_upgrade = master_pid(bed)
         exposure_upgraded = bed.relay_exposure()
         settle(log_path, marks[-1][1])
         marks.append(("remove", time.time()))
@@ -225,6 +232,7 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
         marks.append(("reinstalled", time.time()))
         after_reinstall = drop_ins(bed)
+        no_new_privs_reinstalled = master_no_new_privs(bed)
         settle(log_path, marks[-1][1])
         stop_path.touch()
         _, errors = client.communicate(timeout=300)
@@ -238,7 +246,8 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     delivered = wait_for_the_sink(bed, {a.message_id for a in attempts if a.accepted})
     result = LiveCycle(
         attempts, delivered, upgraded_rate, after_upgrade, no_new_privs, exposure_upgraded, after_removal,
-        exposure_removed, stock, active_after_removal, no_new_privs_removed, after_reinstall, steps, marks,
+        exposure_removed, stock, active_after_removal, no_new_privs_removed, after_reinstall,
+        no_new_privs_reinstalled, (pid_before_upgrade, pid_after_upgrade), steps, marks,
     )  # fmt: skip
     note = f"{bed.name}: live upgrade/removal, attempts per phase: " + "; ".join(
         f"{phase}: {dict(outcomes)}" for phase, outcomes in result.summary().items()
@@ -285,6 +294,16 @@ def test_the_upgrade_applied_the_new_version(cycle: LiveCycle) -> None:
     assert cycle.upgraded_rate == RATE_TO
 
 
+# N+1 changes settings only (the drop-in is the same): Postfix reloads, its
+# master keeps the listening sockets, and no client is turned away.
+def test_an_upgrade_of_settings_reloads_and_never_closes_port_25(cycle: LiveCycle) -> None:
+    before, after = cycle.master_pids
+    assert before == after, f"master(8) restarted during the upgrade (PID {before} -> {after})"
+    upgrade = cycle.summary().get("upgrade", Counter())
+    assert upgrade["accepted"] > 0, upgrade
+    assert {outcome: n for outcome, n in upgrade.items() if outcome != "accepted"} == {}, upgrade
+
+
 def test_the_confinement_drop_in_is_active_after_the_upgrade(cycle: LiveCycle) -> None:
     assert f"{PACKAGE}.conf" in cycle.drop_ins_after_upgrade, cycle.drop_ins_after_upgrade
     assert cycle.master_no_new_privs_after_upgrade == "1", "master(8) did not restart under the drop-in"
@@ -300,6 +319,7 @@ def test_after_removal_the_unit_is_the_stock_one(cycle: LiveCycle) -> None:
 
 def test_installing_it_again_brings_the_drop_in_back(cycle: LiveCycle) -> None:
     assert f"{PACKAGE}.conf" in cycle.drop_ins_after_reinstall, cycle.drop_ins_after_reinstall
+    assert cycle.master_no_new_privs_after_reinstall == "1", "master(8) was not restarted under the drop-in"
 
 
 def test_a_refused_configuration_is_explained_from_the_journal(cycle: LiveCycle, bed: Testbed) -> None:
