@@ -37,11 +37,11 @@ RECIPIENT = f"e2e-live@{OUTSIDE_DOMAIN}"
 MINIMUM_MESSAGES = 200
 CLIENT_INTERVAL_SECONDS = 0.2
 SETTLE_SECONDS = 4.0  # the client's time in each settled state between steps
-# The client is serial: a session that began before a restart can last until the
-# new master answers (smtpd retries its private services), so a settled state
-# lasts until one attempt begun in it is accepted, or this many seconds.
+# The client is serial: a session that began before a restart can outlast
+# SETTLE_SECONDS (seen: about 10 s), so a settled state lasts until one
+# attempt begun in it is accepted, or this many seconds.
 SETTLE_TIMEOUT = 90.0
-OUTAGE_LIMIT_SECONDS = 30.0  # a restart takes seconds; systemd's stop timeout is 90
+OUTAGE_LIMIT_SECONDS = 30.0  # a restart takes seconds; the drop-in's stop timeout is 15 (systemd's default 90)
 DELIVERY_TIMEOUT = 300.0
 APT_TIMEOUT = 600.0
 
