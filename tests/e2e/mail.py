@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tests.e2e.machines import RELAY_WORLD_ADDRESS, Container, wait_until
 from tests.e2e.testbed import Testbed, new_message_id
@@ -50,8 +51,14 @@ def delivery_lines(log: str, message_id: str) -> list[str]:
     return [line for line in log.splitlines() for queue_id in ids if f"]: {queue_id}: to=<" in line]
 
 
+class MailLogs(Protocol):
+    """A test bed that reads its systems' mail logs (Testbed, Fleet)."""
+
+    def mail_log(self, container: Container) -> str: ...
+
+
 def wait_for_delivery(
-    bed: Testbed, container: Container, message_id: str, pattern: str, timeout: float = DELIVERY_TIMEOUT
+    bed: MailLogs, container: Container, message_id: str, pattern: str, timeout: float = DELIVERY_TIMEOUT
 ) -> str:
     """Wait for a delivery line of the message matching pattern; return it."""
     regex = re.compile(pattern)

@@ -33,7 +33,7 @@ from tests.e2e.fleet import (
     fleet_base,
 )
 from tests.e2e.machines import Container, leftovers_of_run, sweep_killed_runs, wait_until
-from tests.e2e.mail import compose, delivery_lines
+from tests.e2e.mail import compose, wait_for_delivery
 from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS
 from tests.system.debian_system import COMMAND_ENVIRONMENT
 
@@ -107,24 +107,37 @@ def send(container: Container, recipient: str, message_id: str, subject: str) ->
     container.check(f"/usr/sbin/sendmail -oi {recipient}", input_text=compose(message_id, subject, message_id))
 
 
-def wait_log(bed: Fleet, container: Container, message_id: str, pattern: str, timeout: float = DELIVERY_TIMEOUT) -> str:
-    regex = re.compile(pattern)
-
-    def probe() -> str | None:
-        return next((line for line in delivery_lines(bed.mail_log(container), message_id) if regex.search(line)), None)
-
-    return wait_until(f"<{message_id}> matching {pattern!r} on {container.hostname}", probe, timeout,
-                      interval=1.0)  # fmt: skip
+# The certificate port 25 presents now, as PEM (empty when the handshake fails).
+PRESENTED_CERTIFICATE = (
+    "openssl s_client -connect 127.0.0.1:25 -starttls smtp </dev/null 2>/dev/null | openssl x509 2>/dev/null || true"
+)
+SWITCH_TIMEOUT = 60.0
 
 
 def switch_relay_key(bed: Fleet, new: bool) -> None:
-    """The relay's cert/key files replaced, then `postfix reload`."""
+    """The relay's cert/key files replaced, then `postfix reload`; returns once port 25 presents the new pair.
+
+    `postfix reload` only signals the master: until it has handled the signal,
+    and for an smtpd of the old generation that is already accepting, a
+    connection still gets the previous certificate (or resumes a session made
+    with it). A test that sends right after the reload would test that race,
+    not the pin, so several connections in a row must show the chosen pair.
+    """
     pair = bed.artifacts.relay_new if new else bed.artifacts.relay_old
     site = bed.relay.system
     for source, target in ((pair.certificate, "/etc/ssl/certs/ssl-cert-snakeoil.pem"),
                            (pair.key, "/etc/ssl/private/ssl-cert-snakeoil.key")):  # fmt: skip
         shutil.copyfile(source, site.root / target.lstrip("/"))
     bed.relay.check("postfix reload")
+    wanted = bed.relay.check("openssl x509 -in /etc/ssl/certs/ssl-cert-snakeoil.pem")
+    in_a_row = 0
+
+    def presented() -> bool | None:
+        nonlocal in_a_row
+        in_a_row = in_a_row + 1 if bed.relay.run(PRESENTED_CERTIFICATE).stdout == wanted else 0
+        return True if in_a_row >= 3 else None
+
+    wait_until(f"port 25 of the relay to present the {'new' if new else 'old'} key", presented, SWITCH_TIMEOUT)
 
 
 # --- 1. Bootstrap -----------------------------------------------------------------
@@ -155,7 +168,8 @@ apt-get install -y {SMARTHOST}
     if bed.schleuder_error:
         pytest.fail(f"no Schleuder list to deliver to: {bed.schleuder_error}")
     for name, message_id in sent.items():
-        line = wait_log(bed, bed.relay, message_id, rf"to=<{re.escape(LIST_ADDRESS)}>, relay=schleuder, .*status=sent")
+        at_the_list = rf"to=<{re.escape(LIST_ADDRESS)}>, relay=schleuder, .*status=sent"
+        line = wait_for_delivery(bed, bed.relay, message_id, at_the_list, DELIVERY_TIMEOUT)
         step(bed, f"root's mail from {name} at the list", line)
 
 
@@ -237,13 +251,13 @@ def test_relay_key_rotation_loses_no_message(bed: Fleet) -> None:
     node = bed.nodes["marcuse"]
     message_id = f"stale-key@e2e.{OUTSIDE_DOMAIN}"
     send(node, ALIAS_RECIPIENT, message_id, "fleet stale key")
-    line = wait_log(bed, node, message_id, r"status=deferred")
+    line = wait_for_delivery(bed, node, message_id, r"status=deferred", DELIVERY_TIMEOUT)
     step(bed, "marcuse, relay back on the old key", line)
     assert "Server certificate not verified" in line
     assert not any("fleet stale key" in m.data for m in bed.sink.messages())
     switch_relay_key(bed, new=True)
     node.check("postqueue -f")
-    wait_log(bed, node, message_id, r"status=sent")
+    wait_for_delivery(bed, node, message_id, r"status=sent", DELIVERY_TIMEOUT)
 
 
 # --- 4. Rollback ---------------------------------------------------------------------------
