@@ -33,6 +33,7 @@ from tests.e2e.machines import (
     SMARTHOST_ADDRESS,
     Container,
     anvil_exemption,
+    reload_postfix,
 )
 from tests.e2e.testbed import (
     MAIN_POSTFIX_UNIT,
@@ -241,7 +242,7 @@ def measure(relay: Container, stock: Container, node: Container, runs: int, rate
         for _ in range(runs):
             rates.node.values.append(load(node, sendmail_script(node_messages), node_messages).rate)
         # Postfix logs a resumed session only from smtp_tls_loglevel 2 on: raised for these runs alone.
-        node.check("postconf -e smtp_tls_loglevel=2 && postfix reload")
+        reload_postfix(node, "postconf -e smtp_tls_loglevel=2")
         for _ in range(runs):
             run = load(node, sendmail_script(node_messages), node_messages)
             if run.tls_sessions == 0:

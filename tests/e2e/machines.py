@@ -295,6 +295,29 @@ class Container:
         return problems
 
 
+# The daemons the Postfix master runs now (its children), one PID a line.
+POSTFIX_DAEMONS = "pgrep -P \"$(tr -d ' ' < /var/spool/postfix/pid/master.pid)\" || true"
+RELOAD_TIMEOUT = 60.0
+
+
+def reload_postfix(container: Container, before: str = "") -> None:
+    """`before` (shell, e.g. postconf -e), then `postfix reload`; returns once the previous daemons have exited.
+
+    `postfix reload` only signals the master. Until the master has handled the
+    signal and each daemon of the previous generation has noticed (one in a
+    session finishes it first), a connection or a delivery can still meet a
+    process started with the previous settings or certificate.
+    """
+    daemons = set(container.check(POSTFIX_DAEMONS).split())
+    container.check(f"{before + ' && ' if before else ''}postfix reload", timeout=RELOAD_TIMEOUT)
+
+    def previous_gone() -> bool | None:
+        return None if daemons & set(container.check(POSTFIX_DAEMONS).split()) else True
+
+    wait_until(f"the Postfix daemons of {container.machine} from before the reload to exit", previous_gone,
+               RELOAD_TIMEOUT)  # fmt: skip
+
+
 @contextlib.contextmanager
 def anvil_exemption(relay: Container, address: str) -> Iterator[None]:
     """Exempt `address` from the relay's anvil limits (smtpd_client_event_limit_exceptions) for a while.
@@ -306,12 +329,12 @@ def anvil_exemption(relay: Container, address: str) -> Iterator[None]:
     key = "smtpd_client_event_limit_exceptions"
     was_set = relay.check(f"postconf -n {key}").strip()
     exceptions = relay.check(f"postconf -h {key}").strip()
-    relay.check(f"postconf -e '{key} = {exceptions} {address}' && postfix reload")
+    reload_postfix(relay, f"postconf -e '{key} = {exceptions} {address}'")
     try:
         yield
     finally:
         restore = f"postconf -e '{was_set}'" if was_set else f"postconf -X {key}"
-        relay.check(f"{restore} && postfix reload")
+        reload_postfix(relay, restore)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None) -> list[str]:

@@ -21,7 +21,7 @@ import dkim  # type: ignore[import-untyped]  # python3-dkim has no type hints
 import pytest
 
 from oignons_mail import dns, pin
-from tests.e2e.machines import SINK_ADDRESS, run, wait_until
+from tests.e2e.machines import SINK_ADDRESS, reload_postfix, run, wait_until
 from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
@@ -105,7 +105,7 @@ class SignedZone:
             diagnose=relay.run(f"dig +dnssec TLSA _25._tcp.{SIGNED_MX} @127.0.0.1; journalctl -u unbound -n 30").stdout,
         )
         # smtp(8) keeps TLSA answers for their TTL: new processes must see the new record.
-        relay.check("postfix reload", timeout=60)
+        reload_postfix(relay)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def signed_zone(bed: Testbed) -> SignedZone:
     zone = SignedZone(bed, directory, keygen(), keygen("-k"))
     # Postfix probes DNSSEC at start (dnssec_probe, default ns:.): offline, the
     # probe must ask a zone that exists and validates in the test network.
-    bed.relay.check(f"postconf -e dnssec_probe=ns:{SIGNED_DOMAIN} && postfix reload", timeout=60)
+    reload_postfix(bed.relay, f"postconf -e dnssec_probe=ns:{SIGNED_DOMAIN}")
     return zone
 
 
