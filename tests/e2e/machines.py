@@ -295,9 +295,13 @@ class Container:
         return problems
 
 
-# The daemons the Postfix master runs now (its children), one PID a line.
-POSTFIX_DAEMONS = "pgrep -P \"$(tr -d ' ' < /var/spool/postfix/pid/master.pid)\" || true"
 RELOAD_TIMEOUT = 60.0
+
+
+def master_pid(container: Container) -> str:
+    """The PID of the running Postfix master(8), from its pid file in the queue directory."""
+    queue = container.check("postconf -h queue_directory").strip()
+    return container.check(f"cat {queue}/pid/master.pid").strip()
 
 
 def reload_postfix(container: Container, before: str = "") -> None:
@@ -308,11 +312,13 @@ def reload_postfix(container: Container, before: str = "") -> None:
     session finishes it first), a connection or a delivery can still meet a
     process started with the previous settings or certificate.
     """
-    daemons = set(container.check(POSTFIX_DAEMONS).split())
+    # The master keeps its PID through a reload; its children are the daemons.
+    daemons_now = f"pgrep -P {master_pid(container)} || true"
+    previous = set(container.check(daemons_now).split())
     container.check(f"{before + ' && ' if before else ''}postfix reload", timeout=RELOAD_TIMEOUT)
 
     def previous_gone() -> bool | None:
-        return None if daemons & set(container.check(POSTFIX_DAEMONS).split()) else True
+        return None if previous & set(container.check(daemons_now).split()) else True
 
     wait_until(f"the Postfix daemons of {container.machine} from before the reload to exit", previous_gone,
                RELOAD_TIMEOUT)  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.machines import wait_until
+from tests.e2e.machines import master_pid, wait_until
 from tests.e2e.mail import header
 from tests.e2e.testbed import MAX_EXPOSURE, OUTSIDE_DOMAIN, Testbed
 from tests.system.conftest import next_version
@@ -132,14 +132,9 @@ def drop_ins(bed: Testbed) -> str:
     return bed.relay.check(f"systemctl show -p DropInPaths --value {bed.relay_unit}").strip()
 
 
-def master_pid(bed: Testbed) -> str:
-    queue = bed.relay.check("postconf -h queue_directory").strip()
-    return bed.relay.check(f"cat {queue}/pid/master.pid").strip()
-
-
 def master_no_new_privs(bed: Testbed) -> str:
     """NoNewPrivs of the running master(8): 1 once it runs under our drop-in."""
-    status = bed.relay.check(f"cat /proc/{master_pid(bed)}/status")
+    status = bed.relay.check(f"cat /proc/{master_pid(bed.relay)}/status")
     return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("NoNewPrivs:"))
 
 
@@ -210,14 +205,14 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     steps, marks = [], []
     try:
         settle(log_path, time.time())  # a few messages before the first step
-        pid_before_upgrade = master_pid(bed)
+        pid_before_upgrade = master_pid(bed.relay)
         marks.append(("upgrade", time.time()))
         steps.append(apt(bed, f"install -y -q {upgrade_path}"))
         marks.append(("upgraded", time.time()))
         upgraded_rate = bed.relay.check(f"postconf -h {RATE_KEY}").strip()
         after_upgrade = drop_ins(bed)
         no_new_privs = master_no_new_privs(bed)
-        pid_after_upgrade = master_pid(bed)
+        pid_after_upgrade = master_pid(bed.relay)
         exposure_upgraded = bed.relay_exposure()
         settle(log_path, marks[-1][1])
         marks.append(("remove", time.time()))

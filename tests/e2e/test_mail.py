@@ -22,6 +22,7 @@ from tests.e2e.machines import (
     RELAY_ADDRESS,
     RELAY_WORLD_ADDRESS,
     SMARTHOST_ADDRESS,
+    master_pid,
     wait_until,
 )
 from tests.e2e.mail import (
@@ -565,8 +566,7 @@ def test_relay_postfix_runs_with_the_confinement_drop_in(bed: Testbed) -> None:
     assert "oignons-mail-relay.conf" in drop_ins, f"{unit} runs without the drop-in: {drop_ins!r}"
     # master(8) itself: in the unit's cgroup, with no_new_privs and without
     # the capabilities the drop-in leaves out.
-    queue = bed.relay.check("postconf -h queue_directory").strip()
-    pid = bed.relay.check(f"cat {queue}/pid/master.pid").strip()
+    pid = master_pid(bed.relay)
     cgroup = bed.relay.check(f"cat /proc/{pid}/cgroup")
     assert unit in cgroup, f"master(8) (pid {pid}) is not in {unit}:\n{cgroup}"
     status = dict(
