@@ -7,7 +7,7 @@ measured" in the table) and keeps the table in docs/benchmarks.md with the
 machine, the date and the commit.  It asserts nothing: the targets are
 printed beside the figures, for a reader to judge.
 
-    python3 bench/figures.py [--runs N] [--only build,render,install,apply,throughput]
+    python3 bench/figures.py [--runs N] [--only build,render,validate,install,apply,throughput]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from bench.install import apply_figures, install_figures  # noqa: E402
 from bench.measure import Figure  # noqa: E402
 from bench.packaging import build_figures, render_figures  # noqa: E402
 from bench.throughput import throughput_figures  # noqa: E402
+from bench.validation import validate_figures  # noqa: E402
 
 RESULTS = ROOT / "build" / "bench" / "results.json"
 DOCUMENT = ROOT / "docs" / "benchmarks.md"
@@ -42,6 +43,7 @@ RUNS = 5
 GROUPS: dict[str, Callable[[int], list[Figure]]] = {
     "build": build_figures,
     "render": render_figures,
+    "validate": validate_figures,
     "install": install_figures,
     "apply": apply_figures,
     "throughput": throughput_figures,

@@ -7,6 +7,7 @@ Every rule a value must follow is checked here, once; everything downstream
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import string
@@ -16,7 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
+from oignons_mail import schema
 from oignons_mail.errors import ABSENT, SiteError
+from oignons_mail.schema import (
+    DKIM_DEFAULT_KEY_BITS,
+    DKIM_SELECTOR,
+    DNS_DMARC_POLICY,
+    DNS_SPF,
+    DNS_TTL,
+    RESPONDER_GLOBAL_RATE_LIMIT,
+    RESPONDER_GLOBAL_RATE_WINDOW,
+    RESPONDER_PROCESS_LIMIT,
+    RESPONDER_TIME_LIMIT,
+)
 
 T = TypeVar("T")
 
@@ -217,33 +230,40 @@ def _is_ip_address(value: str) -> bool:
 
 def host_label(value: str) -> str:
     if not _LABEL_RE.fullmatch(value):
-        raise RuleError("not a host name label (letters, digits and '-', at most 63)")
+        raise RuleError(
+            "not a host name label (letters, digits and '-', at most 63)", "the node's short host name, e.g. marcuse"
+        )
     return value
 
 
 def mail_address(value: str) -> str:
     local, at, domain = value.rpartition("@")
     if not at or not _LOCAL_PART_RE.fullmatch(local):
-        raise RuleError("not a mail address (local-part@domain, lower case)")
+        raise RuleError("not a mail address (local-part@domain, lower case)", "e.g. machines@nos-oignons.net")
     domain_name(domain)
     return value
 
 
 def local_part(value: str) -> str:
     if not _LOCAL_PART_RE.fullmatch(value):
-        raise RuleError("not the local part of an address (lower-case letters, digits, '.', '_', '+', '-')")
+        raise RuleError(
+            "not the local part of an address (lower-case letters, digits, '.', '_', '+', '-')",
+            "the part before the @, in lower case, e.g. dons",
+        )
     return value
 
 
 def user_name(value: str) -> str:
     if not _USER_RE.fullmatch(value):
-        raise RuleError("not a user or alias name (lower case, starting with a letter or '_')")
+        raise RuleError(
+            "not a user or alias name (lower case, starting with a letter or '_')", "as in /etc/passwd, e.g. www-data"
+        )
     return value
 
 
 def absolute_path(value: str) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value) or "/../" in value + "/":
-        raise RuleError("not an absolute path without spaces or '..'")
+        raise RuleError("not an absolute path without spaces or '..'", 'e.g. "/etc/ssl/certs/ssl-cert-snakeoil.pem"')
     return value
 
 
@@ -277,13 +297,17 @@ def tls_protocols(value: str) -> str:
 
 def cipher_grade(value: str) -> str:
     if value not in _CIPHER_GRADES:
-        raise RuleError(f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})")
+        raise RuleError(
+            f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})", '"high" for mail between the sites'
+        )
     return value
 
 
 def digest_name(value: str) -> Digest:
     if value not in DIGEST_BYTES:
-        raise RuleError("not a supported fingerprint digest (sha1 or sha256)")
+        raise RuleError(
+            "not a supported fingerprint digest (sha1 or sha256)", 'write "sha256" (or "sha1"), in lower case'
+        )
     return cast(Digest, value)
 
 
@@ -307,7 +331,10 @@ def iban(value: str) -> str:
     """An IBAN (ISO 13616): mod-97 check; returned grouped by four."""
     compact = value.replace(" ", "").upper()
     if not _IBAN_RE.fullmatch(compact):
-        raise RuleError("not an IBAN (country code, two check digits, up to 30 letters or digits)")
+        raise RuleError(
+            "not an IBAN (country code, two check digits, up to 30 letters or digits)",
+            'as the bank prints it, e.g. "FR14 2004 1010 0505 0001 3M02 606"',
+        )
     rearranged = compact[4:] + compact[:4]
     if int("".join(str(int(c, 36)) for c in rearranged)) % 97 != 1:
         raise RuleError("not a valid IBAN: the mod-97 check fails (ISO 7064)", "a digit is probably mistyped")
@@ -316,13 +343,17 @@ def iban(value: str) -> str:
 
 def bic(value: str) -> str:
     if not _BIC_RE.fullmatch(value):
-        raise RuleError("not a BIC (8 or 11 upper-case letters and digits)")
+        raise RuleError(
+            "not a BIC (8 or 11 upper-case letters and digits)", 'as the bank prints it, e.g. "PSSTFRPPPAR"'
+        )
     return value
 
 
 def transport_name(value: str) -> str:
     if not _TRANSPORT_RE.fullmatch(value):
-        raise RuleError("not a transport name (lower-case letters and digits, starting with a letter)")
+        raise RuleError(
+            "not a transport name (lower-case letters and digits, starting with a letter)", "e.g. slow or yahoo"
+        )
     if value in _STOCK_SERVICES:
         raise RuleError("names a service that master.cf already has", "choose another name, e.g. slow")
     return value
@@ -330,7 +361,7 @@ def transport_name(value: str) -> str:
 
 def positive(value: int) -> int:
     if value < 1:
-        raise RuleError("must be a whole number of at least 1")
+        raise RuleError("must be a whole number of at least 1", "write 1 or more")
     return value
 
 
@@ -350,13 +381,13 @@ def client_limit(value: int) -> int:
 
 def tls_loglevel(value: int) -> int:
     if not 0 <= value <= 4:
-        raise RuleError("not a Postfix TLS log level (0 to 4)")
+        raise RuleError("not a Postfix TLS log level (0 to 4)", "1 logs a summary of each TLS handshake (postconf(5))")
     return value
 
 
 def non_empty(value: str) -> str:
     if not value.strip():
-        raise RuleError("must not be empty")
+        raise RuleError("must not be empty", "write some text, or leave the key out if it is optional")
     return value
 
 
@@ -364,7 +395,7 @@ def one_line(value: str) -> str:
     """Text that goes into a main.cf value or a mail header: one line, no control character."""
     non_empty(value)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise RuleError("must be one line of text, without control characters")
+        raise RuleError("must be one line of text, without control characters", "remove the line break or tab")
     return value
 
 
@@ -401,11 +432,14 @@ def milter_socket(value: str) -> str:
 
 
 class _Table:
+    """One table of the file; its keys are known from schema.SCHEMA, an unknown one is refused at once."""
+
     def __init__(self, file: str, path: str, data: dict[str, object]) -> None:
         self.file = file
         self.path = path
         self.data = data
         self.used: set[str] = set()
+        self._refuse_unknown_keys()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -413,20 +447,40 @@ class _Table:
     def error(self, name: str, value: object, rule: str, hint: str = "") -> SiteError:
         return SiteError(self.file, self.key(name), value, rule, hint)
 
+    def _refuse_unknown_keys(self) -> None:
+        """Before any key is read: a misspelt key is unknown, not its right spelling missing."""
+        known = schema.known_names(self.path)
+        for name in self.data:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(sorted(known))}"
+                value = self.data[name]
+                # A table is not shown: its header names it, its keys would fill the screen.
+                raise self.error(name, ABSENT if isinstance(value, dict) else value, "unknown key", hint)
+
+    def _example(self, name: str) -> str:
+        """How the key is written, for a hint: `name = example`, or its table's header."""
+        for table in schema.child_tables(self.path):
+            if table.name == name:
+                return f"[[{table.path}]]" if table.array else f"[{table.path}]"
+        return f"{name} = {schema.key_schema(self.path, name).example}"
+
     def _raw(self, name: str, kind: type, kind_name: str, optional: bool) -> object:
         self.used.add(name)
+        example = self._example(name)
         if name not in self.data:
             if optional:
                 return None
-            if kind is dict:
-                hint = f"add a [{self.key(name)}] table"
+            if kind is dict and example.startswith("["):
+                hint = f"add a {example} table"
             else:
-                hint = f"add `{name} = ...` to [{self.path}]" if self.path else f"add `{name} = ...` at the top"
+                hint = f"add `{example}` to [{self.path}]" if self.path else f"add `{example}` at the top"
             raise self.error(name, ABSENT, "missing", hint)
         value = self.data[name]
         # bool is an int in Python; TOML keeps them apart, so must we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(name, value, f"must be {kind_name}")
+            hint = f"write it as a {example} table" if example.startswith("[") else f"e.g. {example}"
+            raise self.error(name, value, f"must be {kind_name}", hint)
         return value
 
     def _check(self, name: str, value: T, check: Callable[[T], T]) -> T:
@@ -455,15 +509,20 @@ class _Table:
     def strings(self, name: str, check: Callable[[str], str], allow_empty: bool = False) -> tuple[str, ...]:
         values = cast(list[object], self._raw(name, list, "a list of strings", False))
         if not values and not allow_empty:
-            raise self.error(name, values, "must not be an empty list")
+            raise self.error(
+                name, values, "must not be an empty list", f"list at least one, e.g. {self._example(name)}"
+            )
         result: list[str] = []
+        seen: set[str] = set()  # a set: a list's `in` made 300,000 entries take minutes
         for index, item in enumerate(values):
             item_key = f"{name}[{index}]"
             if not isinstance(item, str):
-                raise self.error(item_key, item, "must be a string")
+                raise self.error(item_key, item, "must be a string", f"quote it, e.g. {self._example(name)}")
             normalised = self._check(item_key, item, check)
-            if normalised in result:
-                raise self.error(item_key, item, "is listed twice")
+            if normalised in seen:
+                first = result.index(normalised)
+                raise self.error(item_key, item, "is listed twice", f"remove it: {name}[{first}] is the same")
+            seen.add(normalised)
             result.append(normalised)
         return tuple(result)
 
@@ -477,7 +536,7 @@ class _Table:
             item_key = f"{name}.{key}"
             self._check(item_key, key, check_key)
             if not isinstance(value, str):
-                raise self.error(item_key, value, "must be a string")
+                raise self.error(item_key, value, "must be a string", f"quote it, e.g. {self._example(name)}")
             result.append((key, self._check(item_key, value, check_value)))
         return tuple(result)
 
@@ -488,15 +547,16 @@ class _Table:
         values = cast(list[object], self._raw(name, list, "an array of tables ([[...]])", False))
         for index, item in enumerate(values):
             if not isinstance(item, dict):
-                raise self.error(f"{name}[{index}]", item, "must be a table")
+                raise self.error(
+                    f"{name}[{index}]", item, "must be a table", f"write each as a {self._example(name)} table"
+                )
             yield _Table(self.file, f"{self.key(name)}[{index}]", cast(dict[str, object], item))
 
     def finish(self) -> None:
-        """Refuse keys the model does not know: a typo must not pass silently."""
-        for name in self.data:
-            if name not in self.used:
-                known = ", ".join(sorted(self.used))
-                raise self.error(name, self.data[name], "unknown key", f"known keys here: {known}")
+        """Every key of the schema was read: the parser and the schema describe the same file."""
+        unread = [name for name in schema.known_names(self.path) if name not in self.used]
+        if unread:
+            raise LookupError(f"[{self.path}] {', '.join(unread)}: in schema.SCHEMA but not read by site.py")
 
 
 # -- loading ------------------------------------------------------------------
@@ -520,11 +580,13 @@ def load_site(path: Path) -> Site:
             )
         data = tomllib.loads(text)
     except FileNotFoundError:
-        raise SiteError(file, "", ABSENT, "no such file") from None
+        raise SiteError(file, "", ABSENT, "no such file", "copy sites/nos-oignons.toml and edit it") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SiteError(file, "", ABSENT, f"cannot be read: {error}") from None
+        raise SiteError(file, "", ABSENT, f"cannot be read: {error}", "save it as UTF-8, readable by you") from None
     except tomllib.TOMLDecodeError as error:
-        raise SiteError(file, "", ABSENT, f"is not valid TOML: {error}") from None
+        raise SiteError(
+            file, "", ABSENT, f"is not valid TOML: {error}", "see https://toml.io/ for the syntax"
+        ) from None
     return parse_site(data, file)
 
 
@@ -536,7 +598,12 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     root_alias = site_table.string("root_alias", mail_address)
     users_to_root = site_table.strings("users_to_root", user_name)
     if "root" in users_to_root:
-        raise site_table.error("users_to_root", list(users_to_root), "must not list root itself (a mail loop)")
+        raise site_table.error(
+            f"users_to_root[{users_to_root.index('root')}]",
+            "root",
+            "must not list root itself (a mail loop)",
+            "remove it: root's mail goes to site.root_alias",
+        )
     site_table.finish()
 
     tls = _parse_tls(top.table("tls"))
@@ -581,7 +648,13 @@ def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str
         taken.update({local + suffix: f"a form of the Schleuder list {address}" for suffix in SCHLEUDER_SUFFIXES})
     for index, local in enumerate(relay.responder.local_parts):
         if local in taken:
-            raise SiteError(file, f"relay.responder.local_parts[{index}]", local, f"is also {taken[local]}")
+            raise SiteError(
+                file,
+                f"relay.responder.local_parts[{index}]",
+                local,
+                f"is also {taken[local]}",
+                "give the responder another local part",
+            )
 
 
 def _refuse_undeliverable(file: str, domain: str, root_alias: str, relay: Relay) -> None:
@@ -670,10 +743,7 @@ def _parse_client_limits(table: _Table) -> ClientLimits:
 # "The donation responder"): 20 replies an hour in all is plenty for donors
 # and little backscatter; a few processes and two minutes (one SMTP timeout
 # plus one lock wait) bound what a flood of messages can take from the host.
-RESPONDER_GLOBAL_RATE_LIMIT = 20
-RESPONDER_GLOBAL_RATE_WINDOW = "1h"
-RESPONDER_PROCESS_LIMIT = 4
-RESPONDER_TIME_LIMIT = "120s"
+# They are schema.py's, which the manual page shows.
 
 
 def _or_default(value: int | None, default: int) -> int:
@@ -683,7 +753,12 @@ def _or_default(value: int | None, default: int) -> int:
 def _parse_responder(table: _Table, destinations: tuple[str, ...]) -> Responder:
     from_address = table.string("from_address", mail_address)
     if from_address.rpartition("@")[2] not in destinations:
-        raise table.error("from_address", from_address, "is not in a domain of relay.destinations")
+        raise table.error(
+            "from_address",
+            from_address,
+            "is not in a domain of relay.destinations",
+            "replies must come from an address the relay receives mail for",
+        )
     fields = {
         "iban": table.string("iban", iban),
         "bic": table.string("bic", bic),
@@ -746,14 +821,22 @@ def _parse_transports(relay_table: _Table, relay_destinations: tuple[str, ...]) 
             destination_rate_delay=table.optional_string("destination_rate_delay", postfix_time),
         )
         if transport.name in (t.name for t in transports):
-            raise table.error("name", transport.name, "is the name of another transport")
+            raise table.error("name", transport.name, "is the name of another transport", "give each its own name")
         for index, destination in enumerate(transport.destinations):
             if destination in relay_destinations:
                 raise table.error(
-                    f"destinations[{index}]", destination, "is a destination of the relay itself (a mail loop)"
+                    f"destinations[{index}]",
+                    destination,
+                    "is a destination of the relay itself (a mail loop)",
+                    "remove it: the relay delivers its own domains",
                 )
             if destination in seen_destinations:
-                raise table.error(f"destinations[{index}]", destination, "is routed by another transport already")
+                raise table.error(
+                    f"destinations[{index}]",
+                    destination,
+                    "is routed by another transport already",
+                    "list each destination in one transport only",
+                )
             seen_destinations.add(destination)
         table.finish()
         transports.append(transport)
@@ -780,6 +863,7 @@ DMARC_POLICIES = ("none", "quarantine", "reject")
 
 def _optional_table(parent: _Table, name: str) -> _Table:
     """A table that may be absent: then an empty one, so that every key takes its default."""
+    parent.used.add(name)
     if name in parent.data:
         return parent.table(name)
     return _Table(parent.file, parent.key(name), {})
@@ -800,16 +884,19 @@ def spf_record(value: str) -> str:
 
 def dmarc_policy(value: str) -> str:
     if value not in DMARC_POLICIES:
-        raise RuleError(f"not a DMARC policy (one of {', '.join(DMARC_POLICIES)})")
+        raise RuleError(
+            f"not a DMARC policy (one of {', '.join(DMARC_POLICIES)})", 'start with "none" and read the reports'
+        )
     return value
 
 
 def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) -> Dkim:
-    selector = table.optional_string("selector", dkim_selector) or "dkim"
-    key_bits = table.optional_integer("key_bits") or 2048
+    selector = table.optional_string("selector", dkim_selector) or DKIM_SELECTOR
+    key_bits = table.optional_integer("key_bits") or DKIM_DEFAULT_KEY_BITS
     if key_bits not in DKIM_KEY_BITS:
-        raise table.error("key_bits", key_bits, f"not an RSA key size rspamadm makes ({DKIM_KEY_BITS})", "2048")
+        raise table.error("key_bits", key_bits, f"not an RSA key size rspamadm makes ({DKIM_KEY_BITS})", "e.g. 2048")
     domains: tuple[str, ...] = (site_domain,)
+    table.used.add("domains")
     if "domains" in table.data:
         domains = table.strings("domains", domain_name)
     for index, domain in enumerate(domains):
@@ -826,9 +913,9 @@ def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) 
 
 def _parse_dns(table: _Table, site_domain: str) -> Dns:
     dns = Dns(
-        ttl=table.optional_integer("ttl") or 3600,
-        spf=table.optional_string("spf", spf_record) or "v=spf1 mx -all",
-        dmarc_policy=table.optional_string("dmarc_policy", dmarc_policy) or "none",
+        ttl=table.optional_integer("ttl") or DNS_TTL,
+        spf=table.optional_string("spf", spf_record) or DNS_SPF,
+        dmarc_policy=table.optional_string("dmarc_policy", dmarc_policy) or DNS_DMARC_POLICY,
         dmarc_rua=table.optional_string("dmarc_rua", mail_address) or f"postmaster@{site_domain}",
     )
     table.finish()

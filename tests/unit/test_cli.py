@@ -24,7 +24,10 @@ SMARTHOST_FILES = {
     "smarthost/tables",
     "smarthost/tables.d/aliases",
 }
-LOGLEVEL_ERROR = "tls.loglevel = 5: not a Postfix TLS log level (0 to 4)"
+LOGLEVEL_ERROR = (
+    "tls.loglevel = 5: not a Postfix TLS log level (0 to 4)\n"
+    "  hint: 1 logs a summary of each TLS handshake (postconf(5))"
+)
 
 
 def broken_site(tmp_path: Path) -> Path:
@@ -92,7 +95,7 @@ def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["validate", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"oignons-mail: error: {path}: no such file\n"
+    assert err == f"oignons-mail: error: {path}: no such file\n  hint: copy sites/nos-oignons.toml and edit it\n"
 
 
 # -- render ---------------------------------------------------------------------

@@ -65,6 +65,20 @@ def delete(*path: PathPart) -> Mutation:
     return mutate
 
 
+def rename(table: str, old: str, new: str) -> Mutation:
+    """A mutation that renames a key of a table ("relay.transports.1": the second transport), keeping its place."""
+
+    def mutate(data: Data) -> None:
+        node: Any = data
+        for part in table.split(".") if table else ():
+            node = node[int(part)] if part.isdigit() else node[part]
+        items = list(node.items())
+        node.clear()
+        node.update((new if key == old else key, value) for key, value in items)
+
+    return mutate
+
+
 def parse_broken(data: Data, mutate: Mutation) -> SiteError:
     broken = copy.deepcopy(data)
     mutate(broken)
@@ -286,7 +300,55 @@ CASES = [
         "['marcuse']",
         "must be a table of strings",
     ),
-    # unknown keys
+    # unknown keys: a misspelt key is unknown (with the closest known one), not its right spelling missing
+    Case(
+        "misspelt-key",
+        rename("relay", "banner_suffix", "banner_sufix"),
+        "relay.banner_sufix",
+        '"Debian GNU/Oignons"',
+        "unknown key",
+        "did you mean `banner_suffix`?",
+    ),
+    Case(
+        "misspelt-table",
+        rename("", "relay", "relais"),
+        "relais",
+        None,
+        "unknown key",
+        "did you mean `relay`?",
+    ),
+    Case(
+        "misspelt-key-in-nested-table",
+        rename("relay.client_limits", "message_rate_limit", "message_rate_limt"),
+        "relay.client_limits.message_rate_limt",
+        "100",
+        "unknown key",
+        "did you mean `message_rate_limit`?",
+    ),
+    Case(
+        "misspelt-key-in-second-array-table",
+        rename("relay.transports.1", "process_limit", "proces_limit"),
+        "relay.transports[1].proces_limit",
+        "5",
+        "unknown key",
+        "did you mean `process_limit`?",
+    ),
+    Case(
+        "misspelt-key-in-optional-table",
+        rename("dkim", "selector", "selecter"),
+        "dkim.selecter",
+        '"bulbe1"',
+        "unknown key",
+        "did you mean `selector`?",
+    ),
+    Case(
+        "unknown-in-transport-far-from-any",
+        set_("relay", "transports", 0, "colour", "blue"),
+        "relay.transports[0].colour",
+        '"blue"',
+        "unknown key",
+        f"known keys here: {TRANSPORT_KEYS}",
+    ),
     Case(
         "unknown-top-level",
         set_("extra", 1),
@@ -301,7 +363,7 @@ CASES = [
         "site.domian",
         '"nos-oignons.net"',
         "unknown key",
-        "known keys here: domain, root_alias, users_to_root",
+        "did you mean `domain`?",
     ),
     Case(
         "unknown-in-transport",
@@ -309,17 +371,24 @@ CASES = [
         "relay.transports[0].rate_delay",
         '"2s"',
         "unknown key",
-        f"known keys here: {TRANSPORT_KEYS}",
+        "did you mean `destination_rate_delay`?",
     ),
     # missing keys
-    Case("missing-domain", delete("site", "domain"), "site.domain", None, "missing", "add `domain = ...` to [site]"),
+    Case(
+        "missing-domain",
+        delete("site", "domain"),
+        "site.domain",
+        None,
+        "missing",
+        'add `domain = "nos-oignons.net"` to [site]',
+    ),
     Case(
         "missing-iban",
         delete("relay", "responder", "iban"),
         "relay.responder.iban",
         None,
         "missing",
-        "add `iban = ...` to [relay.responder]",
+        'add `iban = "FR14 2004 1010 0505 0001 3M02 606"` to [relay.responder]',
     ),
     Case("missing-table", delete("smarthost"), "smarthost", None, "missing"),
     # wrong types
@@ -329,14 +398,23 @@ CASES = [
         "site.users_to_root",
         '"postmaster"',
         "must be a list of strings",
+        'e.g. users_to_root = ["mailer-daemon", "postmaster", "nobody"]',
     ),
-    Case("bool-for-int", set_("tls", "loglevel", True), "tls.loglevel", "true", "must be a whole number"),
+    Case(
+        "bool-for-int",
+        set_("tls", "loglevel", True),
+        "tls.loglevel",
+        "true",
+        "must be a whole number",
+        "e.g. loglevel = 1",
+    ),
     Case(
         "int-in-string-list",
         set_("site", "users_to_root", ["nobody", 3]),
         "site.users_to_root[1]",
         "3",
         "must be a string",
+        'quote it, e.g. users_to_root = ["mailer-daemon", "postmaster", "nobody"]',
     ),
     Case(
         "string-for-bool",
@@ -344,15 +422,32 @@ CASES = [
         "tls.note_starttls_offer",
         '"yes"',
         "must be true or false",
+        "e.g. note_starttls_offer = true",
     ),
-    Case("int-for-string", set_("site", "domain", 42), "site.domain", "42", "must be a string"),
-    Case("string-for-table", set_("tls", "strong"), "tls", '"strong"', "must be a table"),
+    Case(
+        "int-for-string",
+        set_("site", "domain", 42),
+        "site.domain",
+        "42",
+        "must be a string",
+        'e.g. domain = "nos-oignons.net"',
+    ),
+    Case("string-for-table", set_("tls", "strong"), "tls", '"strong"', "must be a table", "write it as a [tls] table"),
     Case(
         "table-for-array-of-tables",
         set_("relay", "transports", {"name": "slow"}),
         "relay.transports",
         "{'name': 'slow'}",
         "must be an array of tables ([[...]])",
+        "write it as a [[relay.transports]] table",
+    ),
+    Case(
+        "array-of-tables-item-not-a-table",
+        set_("relay", "transports", ["slow"]),
+        "relay.transports[0]",
+        '"slow"',
+        "must be a table",
+        "write each as a [[relay.transports]] table",
     ),
     Case(
         "int-for-process-limit-zero",
@@ -360,6 +455,7 @@ CASES = [
         "relay.transports[0].process_limit",
         "0",
         "must be a whole number of at least 1",
+        "write 1 or more",
     ),
     # domains
     Case(
@@ -430,9 +526,10 @@ CASES = [
     Case(
         "users-to-root-has-root",
         set_("site", "users_to_root", ["nobody", "root"]),
-        "site.users_to_root",
-        "['nobody', 'root']",
+        "site.users_to_root[1]",
+        '"root"',
         "must not list root itself (a mail loop)",
+        "remove it: root's mail goes to site.root_alias",
     ),
     Case(
         "user-name",
@@ -447,6 +544,7 @@ CASES = [
         "site.users_to_root[2]",
         '"nobody"',
         "is listed twice",
+        "remove it: users_to_root[0] is the same",
     ),
     Case(
         "duplicate-pin-after-normalising",
@@ -456,7 +554,12 @@ CASES = [
         "is listed twice",
     ),
     Case(
-        "empty-destinations", set_("relay", "destinations", []), "relay.destinations", "[]", "must not be an empty list"
+        "empty-destinations",
+        set_("relay", "destinations", []),
+        "relay.destinations",
+        "[]",
+        "must not be an empty list",
+        'list at least one, e.g. destinations = ["nos-oignons.net", "bulbe.nos-oignons.net"]',
     ),
     Case(
         "empty-local-parts",
@@ -893,6 +996,7 @@ def test_rule(data: Data, case: Case) -> None:
         assert message.startswith(f"site.toml: {case.key}: {case.rule}")
     else:
         assert message.startswith(f"site.toml: {case.key} = {case.shown}: {case.rule}")
+    assert error.hint, "every error gives a hint"
     if case.hint is not None:
         assert error.hint == case.hint
         assert message.endswith(f"\n  hint: {case.hint}")
@@ -907,14 +1011,19 @@ def test_error_message_format(data: Data) -> None:
     )
 
 
-def test_error_message_without_hint(data: Data) -> None:
+def test_error_message_of_a_value_check(data: Data) -> None:
     error = parse_broken(data, set_("tls", "loglevel", 5))
-    assert str(error) == "site.toml: tls.loglevel = 5: not a Postfix TLS log level (0 to 4)"
+    assert str(error) == (
+        "site.toml: tls.loglevel = 5: not a Postfix TLS log level (0 to 4)\n"
+        "  hint: 1 logs a summary of each TLS handshake (postconf(5))"
+    )
 
 
 def test_error_message_of_a_missing_key(data: Data) -> None:
     error = parse_broken(data, delete("relay", "hostname"))
-    assert str(error) == "site.toml: relay.hostname: missing\n  hint: add `hostname = ...` to [relay]"
+    assert str(error) == (
+        'site.toml: relay.hostname: missing\n  hint: add `hostname = "bulbe.nos-oignons.net"` to [relay]'
+    )
 
 
 # -- load_site: the file itself -------------------------------------------------
@@ -927,7 +1036,7 @@ def test_load_site_missing_file(tmp_path: Path) -> None:
     assert caught.value.file == str(path)
     assert caught.value.key == ""
     assert caught.value.rule == "no such file"
-    assert str(caught.value) == f"{path}: no such file"
+    assert str(caught.value) == f"{path}: no such file\n  hint: copy sites/nos-oignons.toml and edit it"
 
 
 def test_load_site_invalid_toml(tmp_path: Path) -> None:
@@ -1060,3 +1169,17 @@ def test_client_limits_reach_main_cf(data: Data) -> None:
     assert "smtpd_client_connection_rate_limit = 7" in lines
     assert "smtpd_client_message_rate_limit = 8" in lines
     assert "smtpd_client_connection_count_limit = 9" in lines
+
+
+def test_misspelt_key_message(data: Data) -> None:
+    error = parse_broken(data, rename("relay", "banner_suffix", "banner_sufix"))
+    assert str(error) == (
+        'site.toml: relay.banner_sufix = "Debian GNU/Oignons": unknown key\n  hint: did you mean `banner_suffix`?'
+    )
+
+
+def test_unknown_table_is_named_not_shown(data: Data) -> None:
+    error = parse_broken(data, set_("fleet", {"a": 1}))
+    assert str(error) == (
+        "site.toml: fleet: unknown key\n  hint: known keys here: dkim, dns, package, relay, site, smarthost, tls"
+    )
