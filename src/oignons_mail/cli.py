@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import oignons_mail
 from oignons_mail import dns, pin, release, repo
 from oignons_mail.build import build_packages, release_entry
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
@@ -115,11 +116,23 @@ def add_site_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
 
 
+class VersionAction(argparse.Action):
+    """--version: the version is looked up only when asked for (installed: the package's metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {oignons_mail.__version__}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="oignons-mail",
         description="Build the oignons-mail Debian packages (Postfix relay and smarthost) from a site file.",
     )
+    top.add_argument("--version", action=VersionAction, help="print the version of oignons-mail and exit")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, function: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -57,8 +57,12 @@ def manpage(parser: argparse.ArgumentParser, version: str, date: str) -> str:
         ".SH SYNOPSIS",
         f".B {name}",
         "\\fICOMMAND\\fR [\\fIOPTION\\fR]...",
-        ".SH COMMANDS",
+        ".SH OPTIONS",
     ]
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            lines += [".TP", _option_heading(action), roff_text(_help(action, name))]
+    lines.append(".SH COMMANDS")
     for command in _subcommands(parser):
         usage = " ".join(command.format_usage().removeprefix("usage: ").split())
         lines += [f".SS {roff_text(command.prog.removeprefix(name + ' '))}", roff_text(command.description or "")]

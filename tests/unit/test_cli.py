@@ -344,7 +344,7 @@ def test_build_broken_site_stops_before_building(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("command", "usage"),
     [
-        ([], "usage: oignons-mail [-h] COMMAND ..."),
+        ([], "usage: oignons-mail [-h] [--version] COMMAND ..."),
         (["validate"], "usage: oignons-mail validate [-h] [site]"),
         (["render"], "usage: oignons-mail render [-h] [--site SITE] [--diff] [--check] dest"),
         (["build"], "usage: oignons-mail build [-h] [--site SITE] [--source SOURCE] [--work WORK] [--dist DIST]"),
@@ -396,7 +396,7 @@ def _module(*arguments: str) -> subprocess.CompletedProcess[str]:
 def test_python_m_oignons_mail_help() -> None:
     result = _module("--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: oignons-mail [-h] COMMAND ...\n")
+    assert result.stdout.startswith("usage: oignons-mail [-h] [--version] COMMAND ...\n")
     for command in ("validate", "render", "build"):
         assert f"\n    {command} " in result.stdout
     assert result.stderr == ""

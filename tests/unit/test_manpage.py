@@ -19,7 +19,7 @@ def page() -> str:
 def test_header_and_sections() -> None:
     lines = page().splitlines()
     assert lines[0] == '.TH OIGNONS-MAIL 1 "2026-11-26" "oignons-mail 1.2.3" "User Commands"'
-    for section in ("NAME", "SYNOPSIS", "COMMANDS", "EXIT STATUS", "SEE ALSO"):
+    for section in ("NAME", "SYNOPSIS", "OPTIONS", "COMMANDS", "EXIT STATUS", "SEE ALSO"):
         assert f".SH {section}" in lines
 
 
@@ -33,6 +33,7 @@ def test_every_command_and_option_is_described() -> None:
             for option in action.option_strings:
                 if option not in ("-h", "--help"):
                     assert f"\\fB{roff_text(option)}\\fR" in text, (name, option)
+    assert ".TP\n\\fB\\-\\-version\\fR\nprint the version of oignons\\-mail and exit\n" in text
     # %(default)s is expanded as in --help.
     assert "site file (default: sites/nos\\-oignons.toml)" in text
 
