@@ -192,7 +192,7 @@ SCHEMA: tuple[Table, ...] = (
                 "Nodes that may relay to any address: node name = sha256 pin of its client certificate's "
                 "public key (oignons-mail pin --cert).",
                 "names are host name labels; pins are 64 hex digits, colons between bytes optional; may be empty",
-                '{ marcuse = "00:11:...:ff" }',
+                '{ marcuse = "48f86ca4aab2a59662d7108b68b5d96bafed93a36aa51c111ce9467de15655be" }',
             ),
             Key(
                 "default_destination_concurrency_limit",
@@ -354,7 +354,7 @@ SCHEMA: tuple[Table, ...] = (
                 "a list of strings",
                 "Pins of the relay's public key (oignons-mail pin --cert); several allow a key rotation.",
                 f"{_LIST} of hex digests of fingerprint_digest's size, colons between bytes optional, not empty",
-                '["ac:ad:75:7f:58:c3:cf:53:ef:a0:d2:e3:0a:64:3d:e9:a2:c4:58:28"]',
+                '["8cb94c724c3e1fbbf47a5d73b72f566dc8ed6048171859cbc36b0bd4faab6c9e"]',
             ),
             Key(
                 "tls_cert_file",
