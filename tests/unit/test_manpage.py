@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from oignons_mail.cli import parser
-from oignons_mail.manpage import main, manpage, roff_text
+from oignons_mail.manpage import main, manpage, roff_text, site_manpage
 
 
 def page() -> str:
@@ -56,9 +58,39 @@ def test_main_writes_the_page(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr() == (page(), "")
 
 
+# Both pages: oignons-mail(1) and oignons-mail-site(5).
+PAGES = [
+    pytest.param(page, id="oignons-mail.1"),
+    pytest.param(lambda: site_manpage("1.2.3", "2026-11-26"), id="site.5"),
+]
+
+
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-def test_groff_has_no_warning() -> None:
+@pytest.mark.parametrize("written", PAGES)
+def test_groff_has_no_warning(written: Callable[[], str]) -> None:
     result = subprocess.run(
-        ["groff", "-man", "-Tutf8", "-ww", "-z"], input=page(), capture_output=True, text=True, timeout=60, check=False
+        ["groff", "-man", "-Tutf8", "-ww", "-z"],
+        input=written(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+@pytest.mark.parametrize("written", PAGES)
+def test_man_renders_it_without_warning(tmp_path: Path, written: Callable[[], str]) -> None:
+    """As lintian checks a page (manpage-has-errors-from-man)."""
+    path = tmp_path / "page"
+    path.write_text(written(), encoding="utf-8")
+    result = subprocess.run(
+        ["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"LC_ALL": "C.UTF-8", "MANROFFSEQ": "", "MANWIDTH": "80", "PATH": "/usr/bin:/bin"},
     )
     assert (result.returncode, result.stderr) == (0, "")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -80,25 +78,4 @@ def test_main_writes_section_5(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr() == (page(), "")
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-def test_groff_has_no_warning() -> None:
-    result = subprocess.run(
-        ["groff", "-man", "-Tutf8", "-ww", "-z"], input=page(), capture_output=True, text=True, timeout=60, check=False
-    )
-    assert (result.returncode, result.stderr) == (0, "")
-
-
-@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
-def test_man_renders_it_without_warning(tmp_path: Path) -> None:
-    """As lintian checks a page (manpage-has-errors-from-man)."""
-    path = tmp_path / "oignons-mail-site.5"
-    path.write_text(page(), encoding="utf-8")
-    result = subprocess.run(
-        ["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"LC_ALL": "C.UTF-8", "MANROFFSEQ": "", "MANWIDTH": "80", "PATH": "/usr/bin:/bin"},
-    )
-    assert (result.returncode, result.stderr) == (0, "")
+# groff and man check this page beside oignons-mail(1): tests/unit/test_manpage.py.
