@@ -9,6 +9,7 @@ site.py's value checks; `rule` here says them in words for the page.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -458,30 +459,39 @@ SCHEMA: tuple[Table, ...] = (
     ),
 )
 
-_BY_PATH = {table.path: table for table in SCHEMA}
+_TOP = Table("", "The top level.", ())
+_BY_PATH = {table.path: table for table in (_TOP, *SCHEMA)}
+# Looked up for every key read: computed once (a site file may hold 100,000 entries).
+_CHILDREN = {path: tuple(t for t in SCHEMA if t.parent == path) for path in _BY_PATH}
+_KNOWN = {
+    path: tuple(key.name for key in table.keys) + tuple(t.name for t in _CHILDREN[path])
+    for path, table in _BY_PATH.items()
+}
+_KEYS = {path: {key.name: key for key in table.keys} for path, table in _BY_PATH.items()}
+
+
+def _plain(path: str) -> str:
+    """A key path without its array indexes: relay.transports[0] -> relay.transports."""
+    return re.sub(r"\[[0-9]+\]", "", path) if "[" in path else path
 
 
 def table_schema(path: str) -> Table:
     """The table at a key path; array indexes ("relay.transports[0]") do not count."""
-    plain = ".".join(part.partition("[")[0] for part in path.split(".")) if path else ""
-    if plain == "":
-        return Table("", "The top level.", ())
-    return _BY_PATH[plain]
+    return _BY_PATH[_plain(path)]
 
 
 def child_tables(path: str) -> tuple[Table, ...]:
     """The tables directly inside the table at path ("" for the top level)."""
-    plain = table_schema(path).path
-    return tuple(table for table in SCHEMA if table.parent == plain)
+    return _CHILDREN[_plain(path)]
 
 
 def known_names(path: str) -> tuple[str, ...]:
     """Every key and table a table may hold, in the order the schema lists them."""
-    return tuple(key.name for key in table_schema(path).keys) + tuple(t.name for t in child_tables(path))
+    return _KNOWN[_plain(path)]
 
 
 def key_schema(path: str, name: str) -> Key:
-    for key in table_schema(path).keys:
-        if key.name == name:
-            return key
-    raise LookupError(f"[{path}] {name}: read by site.py but not described in schema.SCHEMA")
+    key = _KEYS[_plain(path)].get(name)
+    if key is None:
+        raise LookupError(f"[{path}] {name}: read by site.py but not described in schema.SCHEMA")
+    return key

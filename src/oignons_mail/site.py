@@ -696,8 +696,9 @@ def _parse_relay(table: _Table) -> Relay:
     hostname = table.string("hostname", domain_name)
     destinations = table.strings("destinations", domain_name)
     schleuder_lists = table.strings("schleuder_lists", mail_address, allow_empty=True)
+    known = frozenset(destinations)  # a set: linear time however long both lists are
     for index, address in enumerate(schleuder_lists):
-        if address.rpartition("@")[2] not in destinations:
+        if address.rpartition("@")[2] not in known:
             raise table.error(
                 f"schleuder_lists[{index}]",
                 address,
@@ -810,6 +811,8 @@ def _fill_placeholders(table: _Table, key: str, template: str, fields: dict[str,
 def _parse_transports(relay_table: _Table, relay_destinations: tuple[str, ...]) -> tuple[Transport, ...]:
     transports: list[Transport] = []
     seen_destinations: set[str] = set()
+    names: set[str] = set()
+    relay_set = frozenset(relay_destinations)
     for table in relay_table.tables("transports"):
         transport = Transport(
             name=table.string("name", transport_name),
@@ -820,10 +823,10 @@ def _parse_transports(relay_table: _Table, relay_destinations: tuple[str, ...]) 
             destination_recipient_limit=table.optional_integer("destination_recipient_limit"),
             destination_rate_delay=table.optional_string("destination_rate_delay", postfix_time),
         )
-        if transport.name in (t.name for t in transports):
+        if transport.name in names:
             raise table.error("name", transport.name, "is the name of another transport", "give each its own name")
         for index, destination in enumerate(transport.destinations):
-            if destination in relay_destinations:
+            if destination in relay_set:
                 raise table.error(
                     f"destinations[{index}]",
                     destination,
@@ -839,6 +842,7 @@ def _parse_transports(relay_table: _Table, relay_destinations: tuple[str, ...]) 
                 )
             seen_destinations.add(destination)
         table.finish()
+        names.add(transport.name)
         transports.append(transport)
     return tuple(transports)
 
@@ -899,8 +903,9 @@ def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) 
     table.used.add("domains")
     if "domains" in table.data:
         domains = table.strings("domains", domain_name)
+    known = frozenset(destinations)
     for index, domain in enumerate(domains):
-        if domain not in destinations:
+        if domain not in known:
             raise table.error(
                 f"domains[{index}]" if "domains" in table.data else "domains",
                 domain,
