@@ -13,15 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-# The TOML types a key may have, as an error message names them ("must be a string").
+# The TOML types a key may have, as an error message names them ("must be a string");
+# site.py refuses to read a key as another type than the one given here.
 Kind = Literal["a string", "a whole number", "true or false", "a list of strings", "a table of strings"]
-KIND_TYPES: dict[str, type] = {
-    "a string": str,
-    "a whole number": int,
-    "true or false": bool,
-    "a list of strings": list,
-    "a table of strings": dict,
-}
 
 # The defaults the parser applies to optional keys (site.py reads these names).
 RESPONDER_GLOBAL_RATE_LIMIT = 20

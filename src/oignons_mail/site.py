@@ -458,16 +458,22 @@ class _Table:
                 # A table is not shown: its header names it, its keys would fill the screen.
                 raise self.error(name, ABSENT if isinstance(value, dict) else value, "unknown key", hint)
 
-    def _example(self, name: str) -> str:
-        """How the key is written, for a hint: `name = example`, or its table's header."""
+    def _example(self, name: str, kind_name: str = "") -> str:
+        """How the key is written, for a hint: `name = example`, or its table's header.
+
+        With kind_name, the type the parser reads the key as must be the schema's (and the manual page's).
+        """
         for table in schema.child_tables(self.path):
             if table.name == name:
                 return f"[[{table.path}]]" if table.array else f"[{table.path}]"
-        return f"{name} = {schema.key_schema(self.path, name).example}"
+        key = schema.key_schema(self.path, name)
+        if kind_name and key.kind != kind_name:
+            raise LookupError(f"[{self.path}] {name}: read as {kind_name}, but schema.SCHEMA says {key.kind}")
+        return f"{name} = {key.example}"
 
     def _raw(self, name: str, kind: type, kind_name: str, optional: bool) -> object:
         self.used.add(name)
-        example = self._example(name)
+        example = self._example(name, kind_name)
         if name not in self.data:
             if optional:
                 return None

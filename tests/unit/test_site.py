@@ -20,7 +20,7 @@ import pytest
 
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
-from oignons_mail.site import ClientLimits, Package, TlsPolicy, Transport, load_site, parse_site
+from oignons_mail.site import ClientLimits, Package, TlsPolicy, Transport, _Table, load_site, non_empty, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_FILE = REPO / "tests" / "golden" / "nos-oignons" / "in" / "site.toml"
@@ -1183,3 +1183,25 @@ def test_unknown_table_is_named_not_shown(data: Data) -> None:
     assert str(error) == (
         "site.toml: fleet: unknown key\n  hint: known keys here: dkim, dns, package, relay, site, smarthost, tls"
     )
+
+
+# -- the parser and schema.SCHEMA describe the same file ------------------------
+
+
+def test_a_key_read_but_not_in_the_schema_is_a_programming_error() -> None:
+    table = _Table("site.toml", "tls", {})
+    with pytest.raises(LookupError, match=r"\[tls\] colour: read by site.py but not described in schema.SCHEMA"):
+        table.optional_string("colour", non_empty)
+
+
+def test_a_key_read_as_another_type_than_the_schema_s_is_a_programming_error() -> None:
+    table = _Table("site.toml", "tls", {"loglevel": 1})
+    with pytest.raises(LookupError, match=r"\[tls\] loglevel: read as a string, but schema.SCHEMA says a whole number"):
+        table.string("loglevel")
+
+
+def test_a_schema_key_the_parser_does_not_read_is_a_programming_error() -> None:
+    table = _Table("site.toml", "package", {})
+    table.optional_string("maintainer", non_empty)
+    with pytest.raises(LookupError, match=r"\[package\] organisation, homepage: in schema.SCHEMA but not read"):
+        table.finish()
