@@ -83,7 +83,7 @@ SCHEMA: tuple[Table, ...] = (
                 "domain",
                 "a string",
                 "The association's mail domain: mydomain of every node.",
-                _DOMAIN,
+                f"{_DOMAIN}; in relay.destinations",
                 '"nos-oignons.net"',
             ),
             Key(
