@@ -559,8 +559,8 @@ class _Table:
             yield _Table(self.file, f"{self.key(name)}[{index}]", cast(dict[str, object], item))
 
     def finish(self) -> None:
-        """Every key of the schema was read: the parser and the schema describe the same file."""
-        unread = [name for name in schema.known_names(self.path) if name not in self.used]
+        """Every key of the table was read: a key the schema describes must not be ignored by the parser."""
+        unread = [name for name in self.data if name not in self.used]
         if unread:
             raise LookupError(f"[{self.path}] {', '.join(unread)}: in schema.SCHEMA but not read by site.py")
 
@@ -873,7 +873,6 @@ DMARC_POLICIES = ("none", "quarantine", "reject")
 
 def _optional_table(parent: _Table, name: str) -> _Table:
     """A table that may be absent: then an empty one, so that every key takes its default."""
-    parent.used.add(name)
     if name in parent.data:
         return parent.table(name)
     return _Table(parent.file, parent.key(name), {})
@@ -906,7 +905,6 @@ def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) 
     if key_bits not in DKIM_KEY_BITS:
         raise table.error("key_bits", key_bits, f"not an RSA key size rspamadm makes ({DKIM_KEY_BITS})", "e.g. 2048")
     domains: tuple[str, ...] = (site_domain,)
-    table.used.add("domains")
     if "domains" in table.data:
         domains = table.strings("domains", domain_name)
     known = frozenset(destinations)

@@ -1201,7 +1201,7 @@ def test_a_key_read_as_another_type_than_the_schema_s_is_a_programming_error() -
 
 
 def test_a_schema_key_the_parser_does_not_read_is_a_programming_error() -> None:
-    table = _Table("site.toml", "package", {})
+    table = _Table("site.toml", "package", {"maintainer": "M <m@example.org>", "organisation": "O", "homepage": "h"})
     table.optional_string("maintainer", non_empty)
     with pytest.raises(LookupError, match=r"\[package\] organisation, homepage: in schema.SCHEMA but not read"):
         table.finish()

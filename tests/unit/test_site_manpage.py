@@ -44,8 +44,8 @@ def test_every_table_and_key_is_described() -> None:
     assert described == sum(len(table.keys) for table in schema.SCHEMA) >= 55
 
 
-def test_the_site_file_s_keys_are_the_schema_s() -> None:
-    """Every key of the default site is in the schema (and so on the page), every key of the schema in the site."""
+def test_the_default_site_s_keys_are_on_the_page() -> None:
+    """Every key of the default site is in the schema, and so on the page (optional ones may be left out there)."""
     with (REPO / "sites" / "nos-oignons.toml").open("rb") as file:
         data = tomllib.load(file)
 
@@ -62,7 +62,8 @@ def test_the_site_file_s_keys_are_the_schema_s() -> None:
         return found
 
     described = {f"{table.path}.{key.name}" for table in schema.SCHEMA for key in table.keys}
-    assert keys(data, "") == described
+    assert keys(data, "") <= described
+    assert len(keys(data, "")) >= 55
 
 
 def test_the_example_validates() -> None:
