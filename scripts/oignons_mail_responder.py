@@ -200,12 +200,13 @@ _CONFIG_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be a non-empty single line",
     ),
     "body": (lambda value: bool(value.strip()), "must not be empty"),
-    "rate_limit_seconds": (lambda value: value >= 0, "must not be negative"),
-    "global_reply_limit": (lambda value: value >= 0, "must not be negative"),
-    "global_window_seconds": (lambda value: value > 0, "must be positive"),
+    # The site's rules (tests/unit/test_contract.py checks that both agree).
+    "rate_limit_seconds": (lambda value: value >= 1, "must be at least 1"),
+    "global_reply_limit": (lambda value: value >= 1, "must be at least 1"),
+    "global_window_seconds": (lambda value: value >= 1, "must be at least 1"),
     "recipient_delimiter": (
-        lambda value: all(not c.isalnum() and not c.isspace() and c not in "@." for c in value),
-        "must be punctuation characters other than '@' and '.' (or empty)",
+        lambda value: len(value) == 1 and not value.isalnum() and not value.isspace() and value not in "@.",
+        "must be one punctuation character other than '@' and '.'",
     ),
     "own_domains": (
         lambda value: all(isinstance(domain, str) and domain and "@" not in domain for domain in value),

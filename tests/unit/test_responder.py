@@ -776,18 +776,18 @@ def test_global_record_holds_only_the_window(
     assert 0 < len(lines) <= GLOBAL_LIMIT
 
 
-@pytest.mark.parametrize("delimiter", ["+", "-+"])
+@pytest.mark.parametrize("delimiter", ["+", "-"])
 def test_address_extensions_share_one_reply(run: Run, smtp_server: SMTPServer, delimiter: str, tmp_path: Path) -> None:
     if delimiter != "+":
         run.config_path = write_config(
             tmp_path / "responder.json", Path(json.loads(run.config_path.read_text())["state_directory"]),
             smtp_server.port, recipient_delimiter=delimiter,
         )  # fmt: skip
-    senders = [f"target+{i}@example.org" for i in range(1, 21)]
+    senders = [f"target{delimiter}{i}@example.org" for i in range(1, 21)]
     assert [run(raw_message(), sender=sender) for sender in senders] == [0] * 20
     assert len(smtp_server.transactions) == 1
     assert run.log[-1] == (
-        "no reply to target+20@example.org: already replied to target@example.org within"
+        f"no reply to target{delimiter}20@example.org: already replied to target@example.org within"
         f" {WEEK}s (per-sender rate limit)"
     )
 
