@@ -426,6 +426,7 @@ def test_reply_uses_crlf_and_short_lines() -> None:
     data = responder.build_reply(parse(raw_message()), SENDER, config, now).as_bytes()
     lines = data.split(b"\r\n")
     assert b"\n" not in b"".join(lines)
+    assert len(lines) > 1
     assert all(len(line) <= 78 for line in lines)
 
 
