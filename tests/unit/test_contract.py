@@ -10,8 +10,10 @@ it comes from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from oignons_mail.render import (
     RESPONDER_USER,
     render,
 )
-from oignons_mail.site import parse_site
+from oignons_mail.site import Site, parse_site
 
 __all__ = ["data"]  # the fixture: the real site file, parsed
 
@@ -144,14 +146,36 @@ def test_the_rendered_configuration_has_the_responders_keys_and_loads(path: Path
     responder.load_config(path)
 
 
+# The responder.json keys that are not a field of the site's Responder, and where their value comes from.
+DERIVED_KEYS: dict[str, Callable[[Site], object]] = {
+    "body": lambda site: site.relay.responder.text,
+    "recipient_delimiter": lambda site: site.relay.recipient_delimiter,
+    "own_domains": lambda site: list(site.relay.destinations),
+    "state_directory": lambda site: RESPONDER_STATE,
+    "smtp_host": lambda site: "127.0.0.1",
+    "smtp_port": lambda site: 25,
+}
+
+
+def test_each_configuration_key_is_the_sites_name_for_it(data: Data) -> None:
+    """No key renamed on the way: a responder.json key is the Responder field it comes from, same value."""
+    site = parse_site(data, "site.toml")
+    config = json.loads(render(site)["relay/responder.json"])
+    fields = {field.name for field in dataclasses.fields(site.relay.responder)}
+    assert set(config) - set(DERIVED_KEYS) <= fields, f"keys that are no Responder field: {set(config) - fields}"
+    for key, value in config.items():
+        expected = DERIVED_KEYS[key](site) if key in DERIVED_KEYS else getattr(site.relay.responder, key)
+        assert value == expected, key
+
+
 # (where the value is in the site, the value there, the responder.json key, the value there)
 SITE_AND_RESPONDER = [
     (("relay", "responder", "rate_limit"), "1s", "rate_limit_seconds", 1),
     (("relay", "responder", "rate_limit"), "0s", "rate_limit_seconds", 0),
-    (("relay", "responder", "global_rate_limit"), 1, "global_reply_limit", 1),
-    (("relay", "responder", "global_rate_limit"), 0, "global_reply_limit", 0),
-    (("relay", "responder", "global_rate_window"), "1s", "global_window_seconds", 1),
-    (("relay", "responder", "global_rate_window"), "0s", "global_window_seconds", 0),
+    (("relay", "responder", "global_rate_limit"), 1, "global_rate_limit", 1),
+    (("relay", "responder", "global_rate_limit"), 0, "global_rate_limit", 0),
+    (("relay", "responder", "global_rate_window"), "1s", "global_rate_window_seconds", 1),
+    (("relay", "responder", "global_rate_window"), "0s", "global_rate_window_seconds", 0),
     *((("relay", "recipient_delimiter"), value, "recipient_delimiter", value) for value in "+-_=~"),
     *(
         (("relay", "recipient_delimiter"), value, "recipient_delimiter", value)

@@ -98,8 +98,8 @@ def config_data(state_directory: Path, port: int, /, **changes: Any) -> dict[str
         "subject": "Re: donations / dons",
         "body": BODY,
         "rate_limit_seconds": WEEK,
-        "global_reply_limit": GLOBAL_LIMIT,
-        "global_window_seconds": HOUR,
+        "global_rate_limit": GLOBAL_LIMIT,
+        "global_rate_window_seconds": HOUR,
         "recipient_delimiter": "+",
         "own_domains": OWN_DOMAINS,
         "state_directory": str(state_directory),
@@ -1072,7 +1072,7 @@ def test_concurrent_responders_respect_the_global_limit(
     tmp_path: Path, state_directory: Path, smtp_server: SMTPServer
 ) -> None:
     """pipe(8) runs several responders at once: the file locks keep the count exact."""
-    config = write_config(tmp_path / "responder.json", state_directory, smtp_server.port, global_reply_limit=3)
+    config = write_config(tmp_path / "responder.json", state_directory, smtp_server.port, global_rate_limit=3)
     processes = [
         subprocess.Popen(
             [sys.executable, str(_SCRIPT), "--config", str(config), "--sender", f"forged{i}@victim.example"],
