@@ -18,7 +18,7 @@ Envelope senders are forged at will, so the reply must not become backscatter:
 
 - at most one reply per sender and rate window, the sender's address taken
   without its "+extension" (a+1@x ... a+20@x are one sender);
-- at most ``global_reply_limit`` replies per ``global_window_seconds`` in all,
+- at most ``global_rate_limit`` replies per ``global_rate_window_seconds`` in all,
   whoever the senders are: the bound on what a flood of forged senders gets;
 - no reply to the site's own domains (its lists and aliases), nor when
   rspamd's milter judged the message spam or found the sender's domain failing
@@ -145,8 +145,8 @@ _CONFIG_KEYS: dict[str, type] = {
     "subject": str,
     "body": str,
     "rate_limit_seconds": int,
-    "global_reply_limit": int,
-    "global_window_seconds": int,
+    "global_rate_limit": int,
+    "global_rate_window_seconds": int,
     "recipient_delimiter": str,
     "own_domains": list,
     "state_directory": str,
@@ -180,8 +180,8 @@ class Config:
     subject: str
     body: str
     rate_limit_seconds: int
-    global_reply_limit: int
-    global_window_seconds: int
+    global_rate_limit: int
+    global_rate_window_seconds: int
     recipient_delimiter: str
     own_domains: tuple[str, ...]
     state_directory: Path
@@ -200,12 +200,13 @@ _CONFIG_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be a non-empty single line",
     ),
     "body": (lambda value: bool(value.strip()), "must not be empty"),
-    "rate_limit_seconds": (lambda value: value >= 0, "must not be negative"),
-    "global_reply_limit": (lambda value: value >= 0, "must not be negative"),
-    "global_window_seconds": (lambda value: value > 0, "must be positive"),
+    # The site's rules (tests/unit/test_contract.py checks that both agree).
+    "rate_limit_seconds": (lambda value: value >= 1, "must be at least 1"),
+    "global_rate_limit": (lambda value: value >= 1, "must be at least 1"),
+    "global_rate_window_seconds": (lambda value: value >= 1, "must be at least 1"),
     "recipient_delimiter": (
-        lambda value: all(not c.isalnum() and not c.isspace() and c not in "@." for c in value),
-        "must be punctuation characters other than '@' and '.' (or empty)",
+        lambda value: len(value) == 1 and not value.isalnum() and not value.isspace() and value not in "@.",
+        "must be one punctuation character other than '@' and '.'",
     ),
     "own_domains": (
         lambda value: all(isinstance(domain, str) and domain and "@" not in domain for domain in value),
@@ -1024,7 +1025,7 @@ def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: 
     key = rate_limit_key(sender, config.recipient_delimiter)
     limiter = RateLimiter(config.state_directory, config.rate_limit_seconds, clock=clock)
     global_limit = GlobalLimit(
-        config.state_directory, config.global_reply_limit, config.global_window_seconds, clock=clock
+        config.state_directory, config.global_rate_limit, config.global_rate_window_seconds, clock=clock
     )
     try:
         with limiter.reserve(key) as reservation:
@@ -1037,8 +1038,8 @@ def _reply_once(message: Message, sender: str, config: Config, log: Log, clock: 
             token = global_limit.take()
             if token is None:
                 log(
-                    f"no reply to {sender}: {config.global_reply_limit} replies already sent within"
-                    f" {config.global_window_seconds}s (global rate limit)"
+                    f"no reply to {sender}: {config.global_rate_limit} replies already sent within"
+                    f" {config.global_rate_window_seconds}s (global rate limit)"
                 )
                 return EX_OK
             now = datetime.fromtimestamp(clock(), UTC).astimezone()

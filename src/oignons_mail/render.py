@@ -384,8 +384,8 @@ def responder_config(site: Site) -> str:
         "subject": responder.subject,
         "body": responder.text,
         "rate_limit_seconds": responder.rate_limit_seconds,
-        "global_reply_limit": responder.global_rate_limit,
-        "global_window_seconds": responder.global_rate_window_seconds,
+        "global_rate_limit": responder.global_rate_limit,
+        "global_rate_window_seconds": responder.global_rate_window_seconds,
         # The per-sender limit counts a+1@x and a+2@x as a@x.
         "recipient_delimiter": site.relay.recipient_delimiter,
         # Every address there is one of the site's lists or aliases: never answered.

@@ -714,8 +714,11 @@ def _parse_relay(table: _Table) -> Relay:
     if hostname not in destinations:
         raise table.error("hostname", hostname, "is not in relay.destinations", "mail to root@<relay> must be accepted")
     delimiter = table.string("recipient_delimiter")
-    if len(delimiter) != 1 or delimiter.isalnum() or delimiter.isspace():
-        raise table.error("recipient_delimiter", delimiter, "must be one punctuation character", 'e.g. "+"')
+    # The responder's rule too (tests/unit/test_contract.py): "@" and "." split no address extension.
+    if len(delimiter) != 1 or delimiter.isalnum() or delimiter.isspace() or delimiter in "@.":
+        raise table.error(
+            "recipient_delimiter", delimiter, "must be one punctuation character", 'e.g. "+", not "@" or "."'
+        )
     relay = Relay(
         hostname=hostname,
         mydomain=table.string("mydomain", domain_name),

@@ -143,6 +143,13 @@ def stored(bed: Testbed, sent: Sent) -> list[Received]:
     return [m for m in bed.sink.messages() if sent.token in m.data]
 
 
+def assert_stored_over_tls(bed: Testbed, sent: Sent, why: str) -> None:
+    """The sink stored the message (at least once), and every copy came over TLS."""
+    received = stored(bed, sent)
+    assert received != [], f"the sink stored no copy of {sent.message_id}"
+    assert all(m.tls for m in received), why
+
+
 # --- DANE ------------------------------------------------------------------------
 
 
@@ -173,7 +180,7 @@ def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zo
     bed.relay.check("postqueue -f")
     line = wait_for_delivery(bed, bed.relay, sent.message_id, r"to=<dane-wrong@signed\.test>.*status=sent")
     assert tls_lines_of(bed, line, "Verified", SIGNED_MX), line
-    assert all(m.tls for m in stored(bed, sent)), "delivered in clear"
+    assert_stored_over_tls(bed, sent, "delivered in clear")
     bed.notes.append(f"DANE fixed ({bed.name}): {line}")
 
 
@@ -183,7 +190,7 @@ def test_unsigned_domain_gets_opportunistic_tls(bed: Testbed, signed_zone: Signe
     untrusted = tls_lines_of(bed, line, "Untrusted", SINK_HOSTNAME)
     assert untrusted, f"no 'Untrusted TLS connection' line for {line}"
     assert not tls_lines_of(bed, line, "Verified", SINK_HOSTNAME), line
-    assert all(m.tls for m in stored(bed, sent)), "the sink offers STARTTLS: the relay must use it"
+    assert_stored_over_tls(bed, sent, "the sink offers STARTTLS: the relay must use it")
     bed.notes.append(f"unsigned domain ({bed.name}): {untrusted[0]}")
     bed.notes.append(f"unsigned domain ({bed.name}): {line}")
 

@@ -28,8 +28,8 @@ def test_settings_reach_main_cf_master_cf_and_the_responder(data: Data) -> None:
     data["relay"]["recipient_delimiter"] = "-"
     files = render(parse_site(data, "site.toml"))
     config = json.loads(files["relay/responder.json"])
-    assert config["global_reply_limit"] == 5
-    assert config["global_window_seconds"] == 7200
+    assert config["global_rate_limit"] == 5
+    assert config["global_rate_window_seconds"] == 7200
     assert config["recipient_delimiter"] == "-"
     assert config["own_domains"] == data["relay"]["destinations"]
     assert "responder_time_limit = 30s\n" in files["relay/main.cf"]

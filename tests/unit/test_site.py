@@ -773,7 +773,14 @@ CASES = [
         "relay.recipient_delimiter",
         '"ab"',
         "must be one punctuation character",
-        'e.g. "+"',
+        'e.g. "+", not "@" or "."',
+    ),
+    Case(
+        "recipient-delimiter-dot",
+        set_("relay", "recipient_delimiter", "."),
+        "relay.recipient_delimiter",
+        '"."',
+        "must be one punctuation character",
     ),
     Case(
         "recipient-delimiter-letter",
