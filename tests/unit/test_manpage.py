@@ -34,7 +34,7 @@ def test_every_command_and_option_is_described() -> None:
                 if option not in ("-h", "--help"):
                     assert f"\\fB{roff_text(option)}\\fR" in text, (name, option)
     # %(default)s is expanded as in --help.
-    assert "site file (default: sites/nos\\-oignons.toml)" in text
+    assert "(default: dist/repo)" in text
 
 
 @pytest.mark.parametrize(
