@@ -5,8 +5,9 @@ Every site has its own: `SITE.changelog` beside the site file `SITE.toml`
 edits and `oignons-mail build` copies into its build tree as
 debian/changelog.  The committed debian/changelog is the default site's
 (what sbuild builds): a site without a file of its own uses it only when
-that changelog is signed by the site's own package.maintainer, so that no
-other site ever publishes the default site's releases under its name.
+that changelog was started by the site's own package.maintainer (its
+oldest entry's author; later entries may be signed by DEBFULLNAME), so
+that no other site ever publishes the default site's releases as its own.
 
 Stdlib only: `dns`, `validate` and `pin` must run where python3-debian is
 not installed.
@@ -28,7 +29,7 @@ _TRAILER_RE = re.compile(r"^ -- (?P<author>.+?>)  ")
 
 @dataclass(frozen=True)
 class SiteChangelog:
-    """The changelog of one site, and whether it is the source tree's own (the default site's)."""
+    """The changelog of one site; `shared`: the source tree's debian/changelog (the default site's)."""
 
     path: Path
     exists: bool
@@ -40,17 +41,18 @@ def own_path(site_file: Path) -> Path:
     return site_file.with_suffix(SUFFIX)
 
 
-def last_author(changelog: Path) -> str | None:
-    """The author of the changelog's last entry (its first trailer line), None if it has none."""
+def first_author(changelog: Path) -> str | None:
+    """The author of the changelog's oldest entry (its last trailer line), None if it has none."""
+    author = None
     try:
         with changelog.open(encoding="utf-8") as handle:
             for line in handle:
                 match = _TRAILER_RE.match(line)
                 if match:
-                    return match.group("author")
+                    author = match.group("author")
     except (OSError, UnicodeDecodeError):
         return None
-    return None
+    return author
 
 
 def site_changelog(site_file: Path, maintainer: str, source: Path) -> SiteChangelog:
@@ -59,7 +61,7 @@ def site_changelog(site_file: Path, maintainer: str, source: Path) -> SiteChange
     if own.exists():
         return SiteChangelog(own, exists=True, shared=False)
     shared = source / SOURCE_CHANGELOG
-    if last_author(shared) == maintainer:
+    if first_author(shared) == maintainer:
         return SiteChangelog(shared, exists=True, shared=True)
     return SiteChangelog(own, exists=False, shared=False)
 
@@ -72,8 +74,8 @@ def require(site_file: Path, maintainer: str, source: Path) -> Path:
     shared = source / SOURCE_CHANGELOG
     raise BuildError(
         f"{site_file}: this site has no changelog yet ({found.path} is missing), and {shared} is another "
-        f"site's release history (signed by {last_author(shared) or 'nobody'}, not by package.maintainer = "
-        f"{maintainer}); nothing was built\n"
+        f"site's release history (started by {first_author(shared) or 'nobody'}, not by package.maintainer "
+        f"= {maintainer}); nothing was built\n"
         f"  hint: start this site's own with oignons-mail release --site {site_file} 0.1.0 "
         f'--message "First release for this site." (it creates {found.path}; keep it beside the site file)'
     )

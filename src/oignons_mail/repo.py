@@ -154,6 +154,9 @@ def _control(archive: Archive, version: str, installed_kib: int) -> str:
         "Section: misc\n"
         "Priority: optional\n"
         "Multi-Arch: foreign\n"
+        # The snippet below is unattended-upgrades' setting: a node bootstrapped
+        # with this package gets it (apt installs Recommends).
+        "Recommends: unattended-upgrades\n"
         f"Description: APT source and keyring of the {archive.origin} mail packages\n"
         f" Lets apt install and upgrade the {archive.origin} mail packages\n"
         " (oignons-mail-smarthost, oignons-mail-relay) from the association's\n"
