@@ -140,7 +140,9 @@ def test_the_relay_carries_its_site_and_the_changelog_is_the_sites(published: Pu
 
 
 def test_lintian_is_clean_for_every_published_package(published: Published) -> None:
-    result = run(["lintian", "--fail-on", "error,warning", *map(str, pool_debs(published.repository))], dict(os.environ))
+    result = run(
+        ["lintian", "--fail-on", "error,warning", *map(str, pool_debs(published.repository))], dict(os.environ)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
