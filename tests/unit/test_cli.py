@@ -549,3 +549,31 @@ def test_a_command_without_its_module_says_which_package_to_install(argv: list[s
         f"oignons-mail: error: {argv[0]} needs {package} (cannot import {module} with {sys.executable})\n"
         f"  hint: apt install {package} (on a build machine: make build-deps)\n"
     )
+
+
+# -- the default site: the installed relay's, else the checkout's ----------------------
+
+
+def test_the_installed_relays_site_comes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed = tmp_path / "usr-share" / "site.toml"
+    installed.parent.mkdir()
+    installed.write_bytes(SITE_FILE.read_bytes())
+    monkeypatch.setattr("oignons_mail.cli.INSTALLED_SITE", installed)
+    monkeypatch.chdir(REPO)  # a checkout, whose sites/nos-oignons.toml comes second
+    assert main(["validate"]) == 0
+    assert capsys.readouterr().out == f"{installed}: valid (7 relay destinations, 1 relay pin(s))\n"
+
+
+def test_no_site_anywhere_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("oignons_mail.cli.INSTALLED_SITE", tmp_path / "absent.toml")
+    monkeypatch.chdir(tmp_path)
+    assert main(["dns"]) == 2
+    assert capsys.readouterr().err == (
+        f"oignons-mail: error: no site file given, and neither {tmp_path}/absent.toml (installed by "
+        "oignons-mail-relay) nor sites/nos-oignons.toml (in a checkout, from its top directory) exists\n"
+        "  hint: name the site file: --site path/to/site.toml (validate: its argument)\n"
+    )
