@@ -14,9 +14,9 @@ REPO_DIR = dist/repo
 # Origin): another site, or no SITE= for another site's repository, is
 # refused before anything is built or written.
 repo-site:
+	@if [ -z "$(REPO_URI)" ]; then echo "make repo: set REPO_URI=<http URI where $(REPO_DIR) will be served>" >&2; exit 2; fi
 	$(TOOL) repo --check-site --uri '$(REPO_URI)' --site $(SITE) --repo $(REPO_DIR)
 
 repo: repo-site deb
-	@if [ -z "$(REPO_URI)" ]; then echo "make repo: set REPO_URI=<http URI where $(REPO_DIR) will be served>" >&2; exit 2; fi
 	$(call apt_install_missing,$(REPO_PACKAGES))
 	$(TOOL) repo --uri '$(REPO_URI)' --site $(SITE) --repo $(REPO_DIR)
