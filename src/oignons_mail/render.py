@@ -419,7 +419,7 @@ GENERIC_NODE_NAME = "node1"
 
 
 def example_node_name(site: Site) -> str:
-    """A node name of this site (its first relay.node_pins entry), for the debconf question's example."""
+    """A node name of this site (the first of relay.node_pins, by name), for the debconf question's example."""
     return site.relay.node_pins[0][0] if site.relay.node_pins else GENERIC_NODE_NAME
 
 
