@@ -1,10 +1,11 @@
-# oignons-mail: build and test.  On a fresh Debian bookworm machine, as root:
+# oignons-mail: build and test.  On a fresh Debian bookworm machine, as root
+# (after `apt-get install make git`, to clone and run this):
 #   make deb     build dist/oignons-mail-*.deb for SITE (default: the association's)
 #   make unit    unit, golden and QA-static tests: no root, no network (build-deps installed)
 #   make check   every test: unit, golden, lint, lintian, installs into real systems,
 #                mail between two booted systems (make e2e)
 #   make sbuild, make piuparts   Debian QA (mk/qa.mk)
-#   make repo REPO_URI=URI       the fleet's signed APT repository in dist/repo (mk/repo.mk)
+#   make repo REPO_URI=URI SITE=FILE   the site's signed APT repository in dist/repo (mk/repo.mk)
 # Each but make unit installs what it needs with apt-get first.
 
 SHELL = /bin/sh
@@ -91,7 +92,8 @@ include $(wildcard mk/*.mk)
 # Figures, not tests: timings of validation and rendering, package sizes,
 # the responder's time on hostile messages at several sizes (linear growth).
 # As root: builds, installs into chroots, boots test systems (docs/benchmarks.md).
-bench:
+# Installs what it needs first, as make check does (python3-debian, mmdebstrap, nspawn, ...).
+bench: check-deps e2e-deps deb
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py
 	$(PYTHON) bench/figures.py

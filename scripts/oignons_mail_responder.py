@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Donation auto-responder for the Nos oignons mail relay.
+"""Donation auto-responder of an oignons-mail relay (its texts: the site's, in responder.json).
 
 Installed as /usr/lib/oignons-mail-relay/responder and run by Postfix's
 pipe(8) as the unprivileged user ``oignons-responder``::
@@ -885,7 +885,7 @@ _OPTIONS_WITH_VALUES = ("--config", "--sender", "--recipient", "--queue-id")
 def _argument_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="responder",
-        description="Send the Nos oignons donation auto-reply (pipe(8) helper).",
+        description="Send this relay's donation auto-reply, with the texts of its site (--config) (pipe(8) helper).",
     )
     parser.add_argument("--config", required=True, help="JSON configuration file")
     parser.add_argument(

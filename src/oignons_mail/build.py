@@ -32,8 +32,9 @@ class ReleaseEntry:
     date: str
 
 
-def release_entry(source: Path) -> ReleaseEntry:
-    changelog_path = source / "debian" / "changelog"
+def release_entry(source: Path, changelog_file: Path | None = None) -> ReleaseEntry:
+    """The last entry of `changelog_file` (a site's), by default of the source tree's debian/changelog."""
+    changelog_path = changelog_file if changelog_file is not None else source / "debian" / "changelog"
     try:
         with changelog_path.open(encoding="utf-8") as handle:
             changelog = Changelog(handle, max_blocks=1)
@@ -42,21 +43,24 @@ def release_entry(source: Path) -> ReleaseEntry:
     return ReleaseEntry(changelog.package, str(changelog.version), str(changelog.author), str(changelog.date))
 
 
-def source_version(source: Path) -> tuple[str, str]:
-    """(source package name, version) from debian/changelog."""
-    entry = release_entry(source)
+def source_version(source: Path, changelog: Path | None = None) -> tuple[str, str]:
+    """(source package name, version) from debian/changelog (or the site's `changelog`)."""
+    entry = release_entry(source, changelog)
     return entry.package, entry.version
 
 
-def build_packages(source: Path, site: Path, source_files: RenderedTree, work: Path, dist: Path) -> list[Path]:
+def build_packages(
+    source: Path, site: Path, source_files: RenderedTree, work: Path, dist: Path, *, changelog: Path | None = None
+) -> list[Path]:
     """Build the .debs for `site` from the source tree; return the files put in dist.
 
     The build runs in a copy under `work` so that dpkg-buildpackage's products
     (written to the parent directory) and debian/ leftovers never touch the
     source tree.  `source_files` (the site's debian/control and
-    debian/copyright) replace the committed ones in the copy.
+    debian/copyright) replace the committed ones in the copy; `changelog`
+    (the site's release history) replaces debian/changelog.
     """
-    package, version = source_version(source)
+    package, version = source_version(source, changelog)
     upstream = version.split(":")[-1].rsplit("-", 1)[0]
     tree = work / f"{package}-{upstream}"
     if tree.exists():
@@ -66,6 +70,8 @@ def build_packages(source: Path, site: Path, source_files: RenderedTree, work: P
     work.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, tree, ignore=_NOT_COPIED, symlinks=True)
     replace_files(source_files, tree)
+    if changelog is not None:
+        shutil.copyfile(changelog, tree / "debian" / "changelog")
     # Debian's tools first: pybuild runs `python3.X` from PATH, and another
     # python3 (pyenv, a venv) lacks the build-dependencies.
     environment = dict(os.environ, OIGNONS_MAIL_SITE=str(site.resolve()), PATH=DEBIAN_PATH)

@@ -13,29 +13,65 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import oignons_mail
-from oignons_mail import dns, pin, release, repo
-from oignons_mail.build import build_packages, release_entry
+from oignons_mail import changelog, dns, pin, repo
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
-from oignons_mail.render import render, render_source_package
-from oignons_mail.site import load_site
-from oignons_mail.writer import diff_tree, write_tree
+from oignons_mail.site import Site, load_site
 
+# The modules that need python3-jinja2 (render, writer), python3-debian
+# (build, release) or python3-dnspython (dns --check) are imported by the
+# commands that use them: pin, dns, validate run with python3 alone (a node).
 DEFAULT_SITE = Path("sites/nos-oignons.toml")
+# The site an installed relay speaks for (oignons-mail-relay installs it).
+INSTALLED_SITE = Path("/usr/share/oignons-mail-relay/site.toml")
+SITE_DEFAULT_HELP = f"default: {INSTALLED_SITE} when oignons-mail-relay is installed, else {DEFAULT_SITE}"
+# Top-level module -> the Debian package that provides it.
+OPTIONAL_MODULES = {"jinja2": "python3-jinja2", "debian": "python3-debian", "dns": "python3-dnspython"}
+
+
+def default_site() -> Path:
+    """The installed relay's site, else the default site of a checkout."""
+    for candidate in (INSTALLED_SITE, DEFAULT_SITE):
+        if candidate.exists():
+            return candidate
+    raise UsageError(
+        f"no site file given, and neither {INSTALLED_SITE} (installed by oignons-mail-relay) "
+        f"nor {DEFAULT_SITE} (in a checkout, from its top directory) exists\n"
+        "  hint: name the site file: --site path/to/site.toml (validate: its argument)"
+    )
+
+
+def site_path(args: argparse.Namespace) -> Path:
+    given: Path | None = args.site
+    return given if given is not None else default_site()
+
+
+def missing_module_message(command: str, missing: ModuleNotFoundError) -> str | None:
+    """What to install when a command's module is missing; None when it is not one of ours."""
+    name = (missing.name or "").partition(".")[0]
+    package = OPTIONAL_MODULES.get(name)
+    if package is None:
+        return None
+    return (
+        f"{command} needs {package} (cannot import {missing.name} with {sys.executable})\n"
+        f"  hint: apt install {package} (on a build machine: make build-deps)"
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    site = load_site(args.site)
+    path = site_path(args)
+    site = load_site(path)
     relay, smarthost = site.relay, site.smarthost
-    print(
-        f"{args.site}: valid ({len(relay.destinations)} relay destinations, {len(smarthost.relay_pins)} relay pin(s))"
-    )
+    print(f"{path}: valid ({len(relay.destinations)} relay destinations, {len(smarthost.relay_pins)} relay pin(s))")
     return EXIT_OK
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     if args.check and not args.diff:
         raise UsageError("render: --check compares, so it needs --diff (render --diff --check ...)")
-    files = render(load_site(args.site))
+    from oignons_mail.render import render  # noqa: PLC0415 - python3-jinja2
+    from oignons_mail.writer import diff_tree, write_tree  # noqa: PLC0415
+
+    files = render(load_site(site_path(args)))
     if args.diff:
         difference = diff_tree(files, args.dest)
         sys.stdout.write(difference)
@@ -49,8 +85,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    site = load_site(args.site)  # a broken site stops here, before anything is copied or built
-    for product in build_packages(args.source, args.site, render_source_package(site), args.work, args.dist):
+    from oignons_mail.build import build_packages  # noqa: PLC0415 - python3-debian
+    from oignons_mail.render import render_source_package  # noqa: PLC0415 - python3-jinja2
+
+    path = site_path(args)
+    site = load_site(path)  # a broken site stops here, before anything is copied or built
+    history = changelog.require(path, site.package.maintainer, args.source)
+    files = render_source_package(site)
+    for product in build_packages(args.source, path, files, args.work, args.dist, changelog=history):
         print(product)
     return EXIT_OK
 
@@ -69,35 +111,72 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    site = load_site(args.site)
+    from oignons_mail import release  # noqa: PLC0415 - python3-debian
+
+    path = site_path(args)
+    site = load_site(path)
+    repo.check_repository_site(args.repo, site.domain, str(path))
+    if args.changelog is not None:
+        target, create = args.changelog, False
+    else:  # the site's own, started by its first release
+        found = changelog.site_changelog(path, site.package.maintainer, Path("."))
+        target, create = found.path, not found.exists
     entry_author = release.author(site.package.maintainer, os.environ)
     now = datetime.now(UTC).astimezone()
-    print(release.add_release(args.changelog, args.version, args.message, entry_author, now))
+    print(release.add_release(target, args.version, args.message, entry_author, now, create=create))
     return EXIT_OK
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
-    site = load_site(args.site)
-    certificates = args.cert or [Path(site.relay.tls_cert_file)]
-    relay_keys = [pin.subject_public_key_info(pin.certificate_from_file(path)) for path in certificates]
-    records = dns.site_records(site, relay_keys, dns.site_dkim_keys(site, args.dkim_dir, args.dkim_key))
+    """The records, or their check; what cannot be computed here is said on stderr, and the status is 1."""
+    site = load_site(site_path(args))
+    relay_keys, missing = _relay_keys(site, args.cert)
+    dkim_keys = dns.site_dkim_keys(site, args.dkim_dir, args.dkim_key, require=False)
+    dkim_missing = dns.missing_dkim_keys(site, dkim_keys, args.dkim_dir)
+    missing += [dkim_missing] if dkim_missing else []
+    records = dns.site_records(site, relay_keys, dkim_keys)
     if not args.check:
         sys.stdout.write(dns.zone_text(site, records))
-        return EXIT_OK
-    findings = dns.check_records(records, dns.resolver_lookup(args.server))
-    for finding in findings:
-        print(finding.line())
-    wrong = [f for f in findings if f.status != "fine"]
-    print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
-    return EXIT_FAILURE if wrong else EXIT_OK
+    else:
+        findings = dns.check_records(records, dns.resolver_lookup(args.server))
+        for finding in findings:
+            print(finding.line())
+        wrong = [f for f in findings if f.status != "fine"]
+        print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
+        missing += ["some records are missing or different in DNS (above)"] if wrong else []
+    sys.stdout.flush()
+    for problem in missing:
+        print(f"oignons-mail: incomplete: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if missing else EXIT_OK
+
+
+def _relay_keys(site: Site, certificates: list[Path] | None) -> tuple[list[bytes], list[str]]:
+    """The relay's public keys for TLSA: the given certificates, else the site's when it is here."""
+    if certificates:
+        return [pin.subject_public_key_info(pin.certificate_from_file(path)) for path in certificates], []
+    default = Path(site.relay.tls_cert_file)
+    if not default.exists():
+        return [], [
+            f"no TLSA records: the relay's certificate {default} (relay.tls_cert_file) is not on this machine\n"
+            "  hint: run this on the relay, or give --cert FILE"
+        ]
+    return [pin.subject_public_key_info(pin.certificate_from_file(default))], []
 
 
 def cmd_repo(args: argparse.Namespace) -> int:
-    site = load_site(args.site)
-    entry = release_entry(args.source)
-    archive = repo.Archive(repo.check_uri(args.uri), site.domain, entry.maintainer)
-    debs = sorted(args.dist.glob("*_all.deb"))
+    site_file = site_path(args)
+    site = load_site(site_file)
+    repo.check_repository_site(args.repo, site.domain, str(site_file))
     home = repo.gnupg_home()
+    if args.check_site:  # make repo, before it builds
+        if home.exists():
+            repo.check_home_site(home, site.domain)
+        return EXIT_OK
+    from oignons_mail.build import release_entry  # noqa: PLC0415 - python3-debian
+
+    entry = release_entry(args.source, changelog.require(site_file, site.package.maintainer, args.source))
+    archive = repo.Archive(repo.check_uri(args.uri), site.domain, site.package.maintainer)
+    debs = sorted(args.dist.glob("*_all.deb"))
     for path in repo.publish(
         debs,
         args.repo,
@@ -106,6 +185,7 @@ def cmd_repo(args: argparse.Namespace) -> int:
         date=entry.date,
         home=home,
         wanted_key=os.environ.get(repo.SIGNING_KEY_VARIABLE),
+        site_file=str(site_file),
     ):
         print(path)
     return EXIT_OK
@@ -113,7 +193,7 @@ def cmd_repo(args: argparse.Namespace) -> int:
 
 def add_site_option(command: argparse.ArgumentParser) -> None:
     """The --site option of the commands that read a site file."""
-    command.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    command.add_argument("--site", type=Path, help=f"site file ({SITE_DEFAULT_HELP})")
 
 
 class VersionAction(argparse.Action):
@@ -141,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
         return sub
 
     validate = add("validate", cmd_validate, "check a site file and report the first broken rule")
-    validate.add_argument("site", type=Path, nargs="?", default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    validate.add_argument("site", type=Path, nargs="?", help=f"site file ({SITE_DEFAULT_HELP})")
 
     render_parser = add("render", cmd_render, "render a site into a folder of package data files")
     add_site_option(render_parser)
@@ -158,18 +238,26 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--cert", type=Path, help="the relay's certificate (PEM), e.g. its ACME cert")
     source.add_argument("--connect", metavar="HOST[:PORT]", help="fetch it from a live server (STARTTLS; 465: TLS)")
 
-    release_parser = add("release", cmd_release, "add a debian/changelog entry for a new version (then: make deb)")
+    release_parser = add("release", cmd_release, "add a changelog entry for a new version of a site (then: make deb)")
     release_parser.add_argument("version", help="the new version, greater than the last one (e.g. 0.2.0)")
     release_parser.add_argument("--message", required=True, help="what changed (the entry's text)")
     release_parser.add_argument(
-        "--changelog", type=Path, default=Path("debian/changelog"), help="changelog to edit (default: %(default)s)"
+        "--changelog",
+        type=Path,
+        help="changelog to edit (default: the site's, SITE.changelog beside SITE.toml, made by the first release; "
+        "debian/changelog for the site that signs it)",
     )
     release_parser.add_argument(
         "--site",
         type=Path,
-        default=DEFAULT_SITE,
-        help="site file whose package.maintainer signs the entry, unless DEBFULLNAME and DEBEMAIL are set "
-        "(default: %(default)s)",
+        help="site file whose changelog gets the entry and whose package.maintainer signs it, unless DEBFULLNAME "
+        f"and DEBEMAIL are set ({SITE_DEFAULT_HELP})",
+    )
+    release_parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("dist/repo"),
+        help="repository the release is for: refused if it belongs to another site (default: %(default)s)",
     )
 
     dns_parser = add("dns", cmd_dns, "print the DNS records the site needs (zone-file lines), or --check them")
@@ -213,6 +301,11 @@ def parser() -> argparse.ArgumentParser:
     repo_parser.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
     repo_parser.add_argument("--dist", type=Path, default=Path("dist"), help="the .debs (default: %(default)s)")
     repo_parser.add_argument("--repo", type=Path, default=Path("dist/repo"), help="repository (default: %(default)s)")
+    repo_parser.add_argument(
+        "--check-site",
+        action="store_true",
+        help="only check that the repository and the signing key belong to the site (make repo, before building)",
+    )
     return top
 
 
@@ -225,6 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserMessageError as error:
         print(f"oignons-mail: error: {error}", file=sys.stderr)
         return error.exit_status
+    except ModuleNotFoundError as missing:
+        message = missing_module_message(args.command, missing)
+        if message is None:
+            raise
+        print(f"oignons-mail: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:
         # The reader went away (`render --diff ... | head -1`): nothing more can be written to it,
         # and Python must not try again at exit.

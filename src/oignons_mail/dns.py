@@ -142,11 +142,12 @@ def dkim_key_from_file(path: Path) -> DkimKey:
     return DkimKey(domain, selector, read_public_key(path))
 
 
-def site_dkim_keys(site: Site, directory: Path, extra_files: Sequence[Path]) -> list[DkimKey]:
+def site_dkim_keys(site: Site, directory: Path, extra_files: Sequence[Path], *, require: bool = True) -> list[DkimKey]:
     """The site domains' keys of every selector found in directory, plus extra_files.
 
-    The site's current selector must have a key for every signing domain;
-    other selectors (the previous one, during a rotation) are published too.
+    The site's current selector must have a key for every signing domain
+    (`require`; else `missing_dkim_keys` says which are missing); other
+    selectors (the previous one, during a rotation) are published too.
     """
     keys = {(k.domain, k.selector): k for k in map(dkim_key_from_file, extra_files)}
     if directory.is_dir():
@@ -154,14 +155,24 @@ def site_dkim_keys(site: Site, directory: Path, extra_files: Sequence[Path]) -> 
             key = dkim_key_from_file(path)
             if key.domain in site.dkim.domains:
                 keys.setdefault((key.domain, key.selector), key)
-    missing = [d for d in site.dkim.domains if (d, site.dkim.selector) not in keys]
-    if missing:
-        names = ", ".join(f"{d}.{site.dkim.selector}{PUBLIC_KEY_SUFFIX}" for d in missing)
-        raise DnsError(
-            f"no DKIM public key for selector {site.dkim.selector} of {', '.join(missing)} in {directory} ({names})\n"
-            "  hint: run this on the relay, where oignons-mail-relay made the keys, or give --dkim-key FILE"
-        )
-    return [key for key in keys.values() if key.domain in site.dkim.domains]
+    found = [key for key in keys.values() if key.domain in site.dkim.domains]
+    problem = missing_dkim_keys(site, found, directory)
+    if problem and require:
+        raise DnsError(problem)
+    return found
+
+
+def missing_dkim_keys(site: Site, keys: Sequence[DkimKey], directory: Path) -> str | None:
+    """What is missing for the site's current selector (a message with a hint), None when nothing is."""
+    have = {(k.domain, k.selector) for k in keys}
+    missing = [d for d in site.dkim.domains if (d, site.dkim.selector) not in have]
+    if not missing:
+        return None
+    names = ", ".join(f"{d}.{site.dkim.selector}{PUBLIC_KEY_SUFFIX}" for d in missing)
+    return (
+        f"no DKIM public key for selector {site.dkim.selector} of {', '.join(missing)} in {directory} ({names})\n"
+        "  hint: run this on the relay, where oignons-mail-relay made the keys, or give --dkim-key FILE"
+    )
 
 
 # -- checking what DNS serves ----------------------------------------------------

@@ -42,12 +42,25 @@ def change_lines(message: str) -> list[str]:
     return ["", *textwrap.wrap(text, width=80, initial_indent="  * ", subsequent_indent="    "), ""]
 
 
-def add_release(changelog_path: Path, version: str, message: str, author: str, now: datetime) -> str:
-    """Add an entry for `version` at the top of the changelog; return the new entry's first line."""
+# A site's first changelog (oignons-mail release --site, when the site has none yet).
+SOURCE_PACKAGE = "oignons-mail"
+FIRST_DISTRIBUTION = "unstable"
+FIRST_URGENCY = "medium"
+
+
+def add_release(
+    changelog_path: Path, version: str, message: str, author: str, now: datetime, *, create: bool = False
+) -> str:
+    """Add an entry for `version` at the top of the changelog; return the new entry's first line.
+
+    `create`: a missing changelog is started, with this entry as its first.
+    """
     try:
         new = Version(version)
     except ValueError:
         raise ReleaseError(f"{version}: not a Debian version (e.g. 0.2.0)") from None
+    if create and not changelog_path.exists():
+        return _first_release(changelog_path, new, message, author, now)
     try:
         with changelog_path.open(encoding="utf-8") as handle:
             changelog = Changelog(handle, strict=True)
@@ -68,10 +81,30 @@ def add_release(changelog_path: Path, version: str, message: str, author: str, n
         author=author,
         date=email.utils.format_datetime(now),
     )
+    _replace(changelog_path, changelog, changelog_path.stat().st_mode & 0o777)
+    return f"{changelog.package} ({new}) {changelog.distributions}; urgency={changelog.urgency}"
+
+
+def _first_release(changelog_path: Path, version: Version, message: str, author: str, now: datetime) -> str:
+    changelog = Changelog()
+    changelog.new_block(
+        package=SOURCE_PACKAGE,
+        version=version,
+        distributions=FIRST_DISTRIBUTION,
+        urgency=FIRST_URGENCY,
+        changes=change_lines(message),
+        author=author,
+        date=email.utils.format_datetime(now),
+    )
+    _replace(changelog_path, changelog, 0o644)
+    return f"{SOURCE_PACKAGE} ({version}) {FIRST_DISTRIBUTION}; urgency={FIRST_URGENCY} (new: {changelog_path})"
+
+
+def _replace(changelog_path: Path, changelog: Changelog, mode: int) -> None:
+    """Write the changelog beside its path, then rename it over: never half written."""
     with tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=changelog_path.parent, prefix=".changelog.", delete=False
     ) as temporary:
         changelog.write_to_open_file(temporary)
-    os.chmod(temporary.name, changelog_path.stat().st_mode & 0o777)
+    os.chmod(temporary.name, mode)
     os.replace(temporary.name, changelog_path)
-    return f"{changelog.package} ({new}) {changelog.distributions}; urgency={changelog.urgency}"

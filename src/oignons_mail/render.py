@@ -53,6 +53,7 @@ def render(site: Site) -> RenderedTree:
         relay=site.relay.hostname,
         digest=site.smarthost.fingerprint_digest,
         pins=" ".join(site.smarthost.relay_pins),
+        example_node=example_node_name(site),
     )
     files.update(_role_files("relay", site, relay_settings(site), relay_tables(site)))
     files["relay/master.cf"] = _template(
@@ -404,8 +405,42 @@ def render_source_package(site: Site) -> RenderedTree:
     ones are the default site's rendering (tests/unit/test_golden.py).
     """
     package = site.package
-    values = {"maintainer": package.maintainer, "homepage": package.homepage, "organisation": package.organisation}
+    values: dict[str, object] = {
+        "maintainer": package.maintainer,
+        "homepage": package.homepage,
+        "organisation": package.organisation,
+        **package_description_values(site),
+    }
     return {name: _template(f"{name.replace('/', '-')}.j2", **values) for name in SOURCE_PACKAGE_FILES}
+
+
+# The debconf question's example of a node name, when the site names no node.
+GENERIC_NODE_NAME = "node1"
+
+
+def example_node_name(site: Site) -> str:
+    """A node name of this site (the first of relay.node_pins, by name), for the debconf question's example."""
+    return site.relay.node_pins[0][0] if site.relay.node_pins else GENERIC_NODE_NAME
+
+
+def package_description_values(site: Site) -> dict[str, object]:
+    """What the packages' relations and descriptions say of this site: only what it has."""
+    relay = site.relay
+    recipients = ["aliases"]
+    recipients += ["Schleuder lists"] if relay.schleuder_lists else []
+    recipients += ["Mailman lists"] if relay.mailman else []
+    return {
+        "relay": relay.hostname,
+        "root_alias": site.root_alias,
+        # mailman3 and schleuder only for a site that has such lists.
+        "relay_recommends": sorted(
+            ["oignons-mail", "redis-server", "rspamd", "unbound"]
+            + (["mailman3"] if relay.mailman else [])
+            + (["schleuder"] if relay.schleuder_lists else [])
+        ),
+        "transports": bool(relay.transports),
+        "recipients": ", ".join(recipients[:-1]) + " and " + recipients[-1] if len(recipients) > 1 else recipients[0],
+    }
 
 
 SOURCE_PACKAGE_FILES = ("debian/control", "debian/copyright")

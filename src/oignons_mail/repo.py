@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from oignons_mail.errors import UserMessageError
+from oignons_mail.errors import EXIT_USAGE, UserMessageError
 
 KEYRING_PACKAGE = "oignons-mail-archive-keyring"
 KEYRING_PATH = f"/usr/share/keyrings/{KEYRING_PACKAGE}.gpg"
@@ -154,6 +154,9 @@ def _control(archive: Archive, version: str, installed_kib: int) -> str:
         "Section: misc\n"
         "Priority: optional\n"
         "Multi-Arch: foreign\n"
+        # The snippet below is unattended-upgrades' setting: a node bootstrapped
+        # with this package gets it (apt installs Recommends).
+        "Recommends: unattended-upgrades\n"
         f"Description: APT source and keyring of the {archive.origin} mail packages\n"
         f" Lets apt install and upgrade the {archive.origin} mail packages\n"
         " (oignons-mail-smarthost, oignons-mail-relay) from the association's\n"
@@ -274,6 +277,65 @@ def signing_key(home: Path, user_id: str, wanted: str | None) -> str:
     return fingerprints[0]
 
 
+# --- Whose repository ----------------------------------------------------------
+# A repository publishes one site's packages: its Release's Origin is the
+# site's domain, which every node's unattended-upgrades pattern names, and its
+# signing key's user ID names the same domain.  Publishing another site's
+# packages into it would change both for every node: refused, nothing written.
+
+SIGNING_KEY_USER_ID = "{origin} archive signing key (oignons-mail)"
+_USER_ID_SUFFIX = SIGNING_KEY_USER_ID.removeprefix("{origin}")
+
+
+class WrongSiteError(RepositoryError):
+    """The repository, or its signing key, belongs to another site."""
+
+    exit_status = EXIT_USAGE
+
+
+def repository_origin(repository: Path, suite: str = SUITE) -> str | None:
+    """The Origin of the published Release (the site the repository belongs to), None when unpublished."""
+    try:
+        text = (repository / "dists" / suite / "Release").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        field, _, value = line.partition(":")
+        if field == "Origin":
+            return value.strip()
+    return None
+
+
+def check_repository_site(repository: Path, origin: str, site_file: str) -> None:
+    """Refuse to publish the site `site_file` (domain `origin`) into another site's repository."""
+    owner = repository_origin(repository)
+    if owner is None or owner == origin:
+        return
+    raise WrongSiteError(
+        f"{repository / 'dists' / SUITE / 'Release'}: this repository belongs to the site {owner} "
+        f"(Origin: {owner}), not to {site_file} (site.domain = {origin}); nothing was changed\n"
+        f"  hint: publish with the site file of {owner} (make repo SITE=path/to/its.toml), "
+        f"or into another repository (make repo REPO_DIR=dist/repo-{origin} ..., oignons-mail repo --repo DIR)"
+    )
+
+
+def check_home_site(home: Path, origin: str) -> None:
+    """Refuse a signing home whose oignons-mail keys were all made for another site's repository."""
+    output = _gpg(home, "--with-colons", "--list-secret-keys", what="gpg --list-secret-keys").decode()
+    owners = {
+        user_id.removesuffix(_USER_ID_SUFFIX)
+        for user_id in (line.split(":")[9] for line in output.splitlines() if line.startswith("uid:"))
+        if user_id.endswith(_USER_ID_SUFFIX)
+    }
+    if owners and origin not in owners:
+        raise WrongSiteError(
+            f"{home}: its signing key was made for the repository of {', '.join(sorted(owners))}, "
+            f"not of {origin}; nothing was changed\n"
+            f"  hint: give each site its own signing home: {GNUPGHOME_VARIABLE}=~/.local/share/oignons-mail/"
+            f"gnupg-{origin} (made on first use)"
+        )
+
+
 # --- Publishing ---------------------------------------------------------------
 
 
@@ -347,6 +409,7 @@ def publish(
     date: str,
     home: Path,
     wanted_key: str | None = None,
+    site_file: str = "the site file",
 ) -> list[Path]:
     """Publish the .debs (and a keyring package of `version`) into `repository`; return what was written.
 
@@ -355,7 +418,9 @@ def publish(
     """
     if not debs:
         raise RepositoryError("no .deb to publish: run make deb first")
-    fingerprint = signing_key(home, f"{archive.origin} archive signing key (oignons-mail)", wanted_key)
+    check_repository_site(repository, archive.origin, site_file)
+    fingerprint = signing_key(home, SIGNING_KEY_USER_ID.format(origin=archive.origin), wanted_key)
+    check_home_site(home, archive.origin)
     # Every public key in the home: during a rotation, the old and the new one.
     keyring = _gpg(home, "--export", what="gpg --export")
     keyring_files = keyring_package_files(archive, version, keyring, date)

@@ -175,6 +175,15 @@ SCHEMA: tuple[Table, ...] = (
             Key("tls_key_file", "a string", "Its private key.", _PATH, '"/etc/ssl/private/ssl-cert-snakeoil.key"'),
             Key("rspamd_milter_socket", "a string", "rspamd's milter socket.", _PATH, '"/run/rspamd/milter.sock"'),
             Key(
+                "mailman",
+                "true or false",
+                "Whether the relay has Mailman 3 lists: the relay package then recommends mailman3, and its"
+                " description names them.",
+                "true or false",
+                "true",
+                default="false: no Mailman lists, no mailman3 recommended",
+            ),
+            Key(
                 "schleuder_lists",
                 "a list of strings",
                 "Schleuder lists delivered on the relay.",

@@ -113,6 +113,9 @@ class Relay:
     client_limits: ClientLimits
     responder: Responder
     transports: tuple[Transport, ...]
+    # Mailman 3 lists on the relay (relay.mailman, default false): the relay
+    # package then recommends mailman3 and its description names them.
+    mailman: bool = False
 
 
 @dataclass(frozen=True)
@@ -512,6 +515,10 @@ class _Table:
     def boolean(self, name: str) -> bool:
         return cast(bool, self._raw(name, bool, "true or false", False))
 
+    def optional_boolean(self, name: str, default: bool) -> bool:
+        value = self._raw(name, bool, "true or false", True)
+        return default if value is None else cast(bool, value)
+
     def strings(self, name: str, check: Callable[[str], str], allow_empty: bool = False) -> tuple[str, ...]:
         values = cast(list[object], self._raw(name, list, "a list of strings", False))
         if not values and not allow_empty:
@@ -734,6 +741,7 @@ def _parse_relay(table: _Table) -> Relay:
         client_limits=_parse_client_limits(table.table("client_limits")),
         responder=_parse_responder(table.table("responder"), destinations),
         transports=_parse_transports(table, destinations),
+        mailman=table.optional_boolean("mailman", default=False),
     )
     table.finish()
     return relay

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import Installed, installed_over_exim4, package_status
+from tests.system.conftest import Installed, copy_package, installed_over_exim4, package_file, package_status
 from tests.system.debian_system import RELEASES
 
 PACKAGE = "oignons-mail-relay"
@@ -210,3 +210,24 @@ def test_postfix_check_is_clean(installed: Installed) -> None:
 
 def test_reinstall_changes_nothing(installed: Installed) -> None:
     assert installed.snapshot_after_reinstall == installed.snapshot_after_install
+
+
+def test_the_tool_speaks_for_the_installed_relays_site_with_python3_alone(installed: Installed, dist: Path) -> None:
+    """`oignons-mail validate` and `dns` with no site argument: the relay's own site; nothing beyond python3."""
+    system = installed.system
+    deb = copy_package(system, package_file(dist, "oignons-mail"))
+    system.run(f"apt-get install -y -q --no-install-recommends {deb}").check("apt-get install oignons-mail")
+    for module in ("python3-jinja2", "python3-debian", "python3-dnspython"):
+        assert package_status(system, module) == "not-installed"
+    site = "/usr/share/oignons-mail-relay/site.toml"
+    validate = system.run("cd / && oignons-mail validate").check("oignons-mail validate")
+    assert validate.stdout == f"{site}: valid (7 relay destinations, 1 relay pin(s))\n"
+    # No DKIM key yet (rspamd, a Recommends, is not installed): every other record, and status 1.
+    dns = system.run("cd / && oignons-mail dns")
+    assert dns.returncode == 1, dns.stderr
+    assert "nos-oignons.net. 3600 IN MX 10 bulbe.nos-oignons.net.\n" in dns.stdout
+    assert "_25._tcp.bulbe.nos-oignons.net. 3600 IN TLSA 3 1 1 " in dns.stdout
+    assert "oignons-mail: incomplete: no DKIM public key for selector bulbe1 of nos-oignons.net" in dns.stderr
+    render = system.run("cd / && oignons-mail render /tmp/rendered")
+    assert render.returncode == 1
+    assert "render needs python3-jinja2" in render.stderr

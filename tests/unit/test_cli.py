@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,7 +349,8 @@ def test_build_broken_site_stops_before_building(tmp_path: Path, capsys: pytest.
         (["build"], "usage: oignons-mail build [-h] [--site SITE] [--source SOURCE] [--work WORK] [--dist DIST]"),
         (
             ["release"],
-            "usage: oignons-mail release [-h] --message MESSAGE [--changelog CHANGELOG] [--site SITE] version",
+            "usage: oignons-mail release [-h] --message MESSAGE [--changelog CHANGELOG] [--site SITE] [--repo REPO] "
+            "version",
         ),
     ],
 )
@@ -514,11 +514,12 @@ def test_the_checkouts_wrapper(tmp_path: Path, cwd: str) -> None:
     assert result.stdout == f"{SITE_FILE}: valid (7 relay destinations, 1 relay pin(s))\n"
 
 
-def test_a_python_without_python_debian_says_what_is_missing() -> None:
-    # -S: no site-packages, as in a python3 that is not Debian's; the checkout's
-    # debian/ folder (cwd is on sys.path with -m) must not make it cryptic.
-    result = subprocess.run(
-        [sys.executable, "-S", "-m", "oignons_mail", "--help"],
+def _python_without_site_packages(*argv: str) -> subprocess.CompletedProcess[str]:
+    # -S: no site-packages, as in a python3 that is not Debian's, or a node with
+    # python3 alone; the checkout's debian/ folder (cwd is on sys.path with -m)
+    # must not make it cryptic.
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "oignons_mail", *argv],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
         capture_output=True,
@@ -526,11 +527,56 @@ def test_a_python_without_python_debian_says_what_is_missing() -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_python3_alone_runs_help_validate_and_dns() -> None:
+    assert _python_without_site_packages("--help").returncode == 0
+    result = _python_without_site_packages("validate", str(SITE_FILE))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    result = _python_without_site_packages("dns", "--site", str(SITE_FILE), "--dkim-dir", "/nonexistent")
+    assert "nos-oignons.net. 3600 IN MX 10 bulbe.nos-oignons.net." in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "package", "module"),
+    [
+        (["render", "--site", str(SITE_FILE), "/nonexistent/out"], "python3-jinja2", "jinja2"),
+        (["release", "0.9", "--message", "x", "--changelog", "/nonexistent/c"], "python3-debian", "debian.changelog"),
+    ],
+)
+def test_a_command_without_its_module_says_which_package_to_install(argv: list[str], package: str, module: str) -> None:
+    result = _python_without_site_packages(*argv)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert re.fullmatch(
-        r"oignons-mail: error: \S+ cannot import (debian\.changelog|jinja2): oignons-mail needs python3-debian "
-        r"and python3-jinja2\. Use Debian's /usr/bin/python3 with them installed \(from a checkout: "
-        r"bin/oignons-mail\), or `pip install \.` into this python\n",
-        result.stderr,
-    ), result.stderr
+    assert result.stderr == (
+        f"oignons-mail: error: {argv[0]} needs {package} (cannot import {module} with {sys.executable})\n"
+        f"  hint: apt install {package} (on a build machine: make build-deps)\n"
+    )
+
+
+# -- the default site: the installed relay's, else the checkout's ----------------------
+
+
+def test_the_installed_relays_site_comes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed = tmp_path / "usr-share" / "site.toml"
+    installed.parent.mkdir()
+    installed.write_bytes(SITE_FILE.read_bytes())
+    monkeypatch.setattr("oignons_mail.cli.INSTALLED_SITE", installed)
+    monkeypatch.chdir(REPO)  # a checkout, whose sites/nos-oignons.toml comes second
+    assert main(["validate"]) == 0
+    assert capsys.readouterr().out == f"{installed}: valid (7 relay destinations, 1 relay pin(s))\n"
+
+
+def test_no_site_anywhere_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("oignons_mail.cli.INSTALLED_SITE", tmp_path / "absent.toml")
+    monkeypatch.chdir(tmp_path)
+    assert main(["dns"]) == 2
+    assert capsys.readouterr().err == (
+        f"oignons-mail: error: no site file given, and neither {tmp_path}/absent.toml (installed by "
+        "oignons-mail-relay) nor sites/nos-oignons.toml (in a checkout, from its top directory) exists\n"
+        "  hint: name the site file: --site path/to/site.toml (validate: its argument)\n"
+    )

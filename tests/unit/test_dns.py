@@ -221,8 +221,29 @@ def test_cli_prints_zone_lines_from_the_key_files(tmp_path: Path, capsys: pytest
 def test_cli_without_the_keys_says_where_to_run_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, certificate = make_key_files(tmp_path)
     status = main(["dns", "--site", str(SITE_FILE), "--cert", str(certificate), "--dkim-dir", str(tmp_path / "none")])
+    # Exit status 1 (incomplete), but every record that needs no key is printed.
     assert status == 1
-    assert "no DKIM public key for selector bulbe1 of nos-oignons.net" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "oignons-mail: incomplete: no DKIM public key for selector bulbe1 of nos-oignons.net" in err
+    assert "nos-oignons.net. 3600 IN MX 10 bulbe.nos-oignons.net." in out
+    assert '_dmarc.nos-oignons.net. 3600 IN TXT "v=DMARC1; p=none; rua=mailto:postmaster@nos-oignons.net"' in out
+    assert "_25._tcp.bulbe.nos-oignons.net. 3600 IN TLSA 3 1 1 " in out
+    assert "_domainkey" not in out
+
+
+def test_cli_without_the_relays_certificate_prints_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = SITE_FILE.read_text(encoding="utf-8").replace(
+        'tls_cert_file = "/etc/ssl/certs/ssl-cert-snakeoil.pem"', f'tls_cert_file = "{tmp_path}/absent.pem"', 1
+    )
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(text, encoding="utf-8")
+    assert main(["dns", "--site", str(site_file), "--dkim-dir", str(tmp_path / "none")]) == 1
+    out, err = capsys.readouterr()
+    assert f"no TLSA records: the relay's certificate {tmp_path}/absent.pem (relay.tls_cert_file)" in err
+    assert "TLSA" not in out
+    assert "nos-oignons.net. 3600 IN MX 10 bulbe.nos-oignons.net." in out
 
 
 def test_a_key_file_not_named_domain_selector_pub_is_refused(tmp_path: Path) -> None:

@@ -98,7 +98,14 @@ def test_another_sites_source_package_names_its_organisation() -> None:
     control = files["debian/control"]
     assert "Maintainer: Le Potager <admins@potager.example.org>\n" in control
     assert "Homepage: https://potager.example.org/\n" in control
-    assert "Description: Postfix satellite of a Le Potager Tor node\n" in control
+    assert "Description: Postfix satellite of a Tor node of Le Potager\n" in control
+    # The relay recommends, and its description names, only what this site has.
+    relay = control.partition("\nPackage: oignons-mail-relay\n")[2].partition("\nPackage:")[0]
+    assert "Recommends: oignons-mail,\n            redis-server,\n            rspamd,\n            unbound,\n" in relay
+    assert " mail domains whose only recipients are\n aliases, address extensions,\n" in relay
+    assert "Mailman" not in relay
+    assert "Schleuder" not in relay
+    assert " relay), throttled transports for some providers, and a donation\n" in relay
     assert "Nos oignons" not in control.partition("\nSource:")[2]
     assert "Upstream-Contact: Le Potager <admins@potager.example.org>\n" in files["debian/copyright"]
     assert "           Le Potager (its site description, rendered into the packages)\n" in files["debian/copyright"]

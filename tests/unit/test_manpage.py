@@ -37,7 +37,7 @@ def test_every_command_and_option_is_described() -> None:
                     assert f"\\fB{roff_text(option)}\\fR" in text, (name, option)
     assert ".TP\n\\fB\\-\\-version\\fR\nprint the version of oignons\\-mail and exit\n" in text
     # %(default)s is expanded as in --help.
-    assert "site file (default: sites/nos\\-oignons.toml)" in text
+    assert "(default: dist/repo)" in text
 
 
 @pytest.mark.parametrize(

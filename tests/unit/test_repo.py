@@ -130,3 +130,77 @@ def _tiny_deb(directory: Path, version: str, text: str = "data") -> Path:
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(output)], check=True,
                    capture_output=True)  # fmt: skip
     return output
+
+
+# -- whose repository ----------------------------------------------------------------
+
+OTHER = repo.Archive(
+    "http://apt.example.org/potager/", "potager.example.org", "Le Potager <admins@potager.example.org>"
+)
+DATE = "Wed, 25 Nov 2026 12:00:00 +0000"
+needs_publishing_tools = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("gpg", "apt-ftparchive", "dpkg-deb")),
+    reason="needs gpg, apt-ftparchive (apt-utils) and dpkg-deb",
+)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under root, byte for byte (and every directory, as b'/')."""
+    return {
+        str(path.relative_to(root)): b"/" if path.is_dir() else path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_dir() or path.is_file()
+    }
+
+
+def _key_files(home: Path) -> dict[str, bytes]:
+    """The signing home's key files (not the agent's sockets, nor its trust database's timestamps)."""
+    return {k: v for k, v in tree_bytes(home).items() if k.startswith(("pubring", "private-keys"))}
+
+
+def test_the_repository_of_no_site_and_of_the_same_site_are_accepted(tmp_path: Path) -> None:
+    repo.check_repository_site(tmp_path / "none", "potager.example.org", "potager.toml")
+    suite = tmp_path / "dists" / "stable"
+    suite.mkdir(parents=True)
+    (suite / "Release").write_text("Origin: potager.example.org\nLabel: oignons-mail\n")
+    assert repo.repository_origin(tmp_path) == "potager.example.org"
+    repo.check_repository_site(tmp_path, "potager.example.org", "potager.toml")
+
+
+def test_another_sites_repository_is_refused_with_what_it_belongs_to(tmp_path: Path) -> None:
+    suite = tmp_path / "dists" / "stable"
+    suite.mkdir(parents=True)
+    (suite / "Release").write_text("Origin: potager.example.org\nLabel: oignons-mail\n")
+    with pytest.raises(repo.WrongSiteError) as refused:
+        repo.check_repository_site(tmp_path, "nos-oignons.net", "sites/nos-oignons.toml")
+    assert str(refused.value) == (
+        f"{suite / 'Release'}: this repository belongs to the site potager.example.org (Origin: "
+        "potager.example.org), not to sites/nos-oignons.toml (site.domain = nos-oignons.net); nothing was changed\n"
+        "  hint: publish with the site file of potager.example.org (make repo SITE=path/to/its.toml), or into "
+        "another repository (make repo REPO_DIR=dist/repo-nos-oignons.net ..., oignons-mail repo --repo DIR)"
+    )
+    assert refused.value.exit_status == 2
+
+
+@needs_publishing_tools
+def test_publishing_another_site_into_a_repository_changes_nothing(tmp_path: Path, gnupg_home: Path) -> None:
+    repository = tmp_path / "repo"
+    repo.publish([_tiny_deb(tmp_path, "1.0")], repository, archive=OTHER, version="1.0", date=DATE, home=gnupg_home)
+    before = tree_bytes(repository)
+    home_before = _key_files(gnupg_home)
+    with pytest.raises(repo.WrongSiteError, match=r"belongs to the site potager\.example\.org"):
+        repo.publish([_tiny_deb(tmp_path, "1.1", "nos")], repository, archive=ARCHIVE, version="1.1", date=DATE,
+                     home=gnupg_home, site_file="sites/nos-oignons.toml")  # fmt: skip
+    assert tree_bytes(repository) == before
+    assert _key_files(gnupg_home) == home_before
+
+
+@needs_publishing_tools
+def test_a_signing_home_made_for_another_site_is_refused(tmp_path: Path, gnupg_home: Path) -> None:
+    repo.publish([_tiny_deb(tmp_path, "1.0")], tmp_path / "potager", archive=OTHER, version="1.0", date=DATE,
+                 home=gnupg_home)  # fmt: skip
+    fresh = tmp_path / "fresh"
+    with pytest.raises(repo.WrongSiteError, match=r"signing key was made for the repository of potager\.example\.org"):
+        repo.publish([_tiny_deb(tmp_path, "1.0", "nos")], fresh, archive=ARCHIVE, version="1.0", date=DATE,
+                     home=gnupg_home)  # fmt: skip
+    assert not fresh.exists()
