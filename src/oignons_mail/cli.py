@@ -83,11 +83,11 @@ def cmd_dns(args: argparse.Namespace) -> int:
     if not args.check:
         sys.stdout.write(dns.zone_text(site, records))
         return EXIT_OK
-    findings = dns.check_records(records, dns.resolver_lookup(args.server))
+    findings = dns.check_site(site, records, dns.resolver(args.server))
     for finding in findings:
         print(finding.line())
-    wrong = [f for f in findings if f.status != "fine"]
-    print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
+    wrong = [f for f in findings if f.status != dns.FINE]
+    print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing, different or unsigned")
     return EXIT_FAILURE if wrong else EXIT_OK
 
 

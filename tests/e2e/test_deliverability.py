@@ -21,7 +21,7 @@ import dkim  # type: ignore[import-untyped]  # python3-dkim has no type hints
 import pytest
 
 from oignons_mail import dns, pin
-from tests.e2e.machines import SINK_ADDRESS, reload_postfix, run, wait_until
+from tests.e2e.machines import RELAY_ADDRESS, SINK_ADDRESS, reload_postfix, run, wait_until
 from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
@@ -30,6 +30,7 @@ from tests.e2e.testbed import (
     LIST_ADDRESS,
     LIST_ADMIN,
     OUTSIDE_DOMAIN,
+    RELAY_HOSTNAME,
     RSPAMD_START_TIMEOUT,
     SINK_HOSTNAME,
     TOOL,
@@ -155,6 +156,24 @@ def test_matching_tlsa_gives_a_verified_tls_delivery(bed: Testbed, signed_zone: 
     bed.notes.append(f"DANE match ({bed.name}): {verified[0]}")
     bed.notes.append(f"DANE match ({bed.name}): {line}")
     assert [m.tls for m in stored(bed, sent)] != [""], "the sink received the message in clear"
+    # What `dns --check` reads: the AD bit of a validating resolver, set for the signed zone only.
+    assert tlsa_validated(bed, f"_25._tcp.{SIGNED_MX}.") == "validated"
+    assert tlsa_validated(bed, f"_25._tcp.{RELAY_HOSTNAME}.") == "not validated"
+
+
+def tlsa_validated(bed: Testbed, name: str) -> str:
+    """Whether the check's resolver (dns.resolver) finds this TLSA answer DNSSEC-validated by the relay's unbound."""
+    program = (
+        "import sys; from oignons_mail import dns; r = dns.resolver('127.0.0.1'); "
+        "found = r.lookup(sys.argv[1], 'TLSA'); "
+        "print('validated' if found and r.validated(sys.argv[1], 'TLSA') else 'not validated' if found else 'none')"
+    )
+    result = bed.network.execute(
+        bed.network.relay,
+        ["env", *(f"{k}={v}" for k, v in TOOL_ENVIRONMENT.items()), TOOL[0], "-c", program, name],
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zone: SignedZone) -> None:
@@ -202,25 +221,47 @@ def dns_check(bed: Testbed) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def check_statuses(output: str) -> dict[str, str]:
+    """`dns --check` output as {what: status}, from its finding lines (the status, then `what: name type`)."""
+    found = re.findall(r"^(fine|missing|different|unsigned) +(.+?): \S+ [A-Z]+", output, re.M)
+    return {what: status for status, what in found}
+
+
 def test_dns_check_passes_and_names_a_removed_record(bed: Testbed) -> None:
+    """Every record fine but the TLSA (the site's test zone is not signed); then four faults, each named."""
     status, output = dns_check(bed)
-    assert status == 0, output
-    assert "0 missing or different" in output, output
+    assert status == 1, output
+    before = check_statuses(output)
+    not_fine = {what: s for what, s in before.items() if s != "fine"}
+    assert not_fine == {f"TLSA of {RELAY_HOSTNAME} port {port}": "unsigned" for port in dns.TLSA_PORTS}, output
+    assert before[f"reverse DNS of {RELAY_ADDRESS} ({RELAY_HOSTNAME})"] == "fine", output
+    assert before[f"SPF of {DOMAIN}"] == before[f"DMARC of {DOMAIN}"] == "fine", output
     bed.notes.append(f"dns --check ({bed.name}): {output.strip().splitlines()[-1]}")
 
     conf = bed.relay.system.root / UNBOUND_TEST_CONF.lstrip("/")
     original = conf.read_text(encoding="utf-8")
-    removed = f"bulbe1._domainkey.{DOMAIN}."
-    kept = [line for line in original.splitlines() if not line.strip().startswith(f"local-data: '{removed}")]
-    assert len(kept) == len(original.splitlines()) - 1, f"no local-data line for {removed} in {UNBOUND_TEST_CONF}"
+    removed = (f"local-data: '{f'bulbe1._domainkey.{DOMAIN}.'}", f'local-data-ptr: "{RELAY_ADDRESS} ')
+    kept = [line for line in original.splitlines() if not line.strip().startswith(removed)]
+    assert len(kept) == len(original.splitlines()) - 2, f"no DKIM or PTR line to remove in {UNBOUND_TEST_CONF}"
+    # A second SPF and a second DMARC record: receivers then use neither.
+    kept += [
+        f"    local-data: '{DOMAIN}. TXT \"v=spf1 a -all\"'",
+        f"    local-data: '_dmarc.{DOMAIN}. TXT \"v=DMARC1; p=reject\"'",
+    ]
     try:
         conf.write_text("\n".join(kept) + "\n", encoding="utf-8")
         bed.relay.check("systemctl restart unbound", timeout=60)
         status, output = dns_check(bed)
         assert status == 1, output
-        missing = [line for line in output.splitlines() if line.startswith("missing")]
-        assert [line.split(":")[0] for line in missing] == [f"missing   DKIM key bulbe1 of {DOMAIN}"], output
-        bed.notes.append(f"dns --check without {removed} ({bed.name}): {missing[0][:90]}")
+        after = check_statuses(output)
+        changed = {what: s for what, s in after.items() if s != before[what]}
+        assert changed == {
+            f"DKIM key bulbe1 of {DOMAIN}": "missing",
+            f"SPF of {DOMAIN}": "different",
+            f"DMARC of {DOMAIN}": "different",
+            f"reverse DNS of {RELAY_ADDRESS} ({RELAY_HOSTNAME})": "missing",
+        }, output
+        bed.notes.append(f"dns --check, four faults ({bed.name}): {output.strip().splitlines()[-1]}")
     finally:
         conf.write_text(original, encoding="utf-8")
         bed.relay.check("systemctl restart unbound", timeout=60)
