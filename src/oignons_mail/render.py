@@ -61,6 +61,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/responder.json"] = responder_config(site)
     files["relay/dkim_signing.conf"] = dkim_signing_config(site)
     files["relay/dkim-keys"] = dkim_key_list(site)
+    files["relay/postsrsd"] = srs_config(site)
     return files
 
 
@@ -270,6 +271,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("responder_time_limit", f"{relay.responder.time_limit_seconds}s"),
         ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
         *alias_settings(),
+        *srs_settings(),
     ]
     for transport in relay.transports:
         limits = [
@@ -335,6 +337,7 @@ def relay_master_cf(site: Site) -> list[str]:
             )
             for t in site.relay.transports
         ),
+        *srs_master_cf(),
     ]
     # Every service un-chrooted: systemd confines Postfix instead (wiki, point 5).
     return [f"-M {entry}" for entry in entries] + ["-F */*/chroot = n"]
@@ -458,3 +461,56 @@ def dkim_key_list(site: Site) -> str:
     lines = [f"# oignons-mail-relay: DKIM keys to make (domain selector bits), from {source}"]
     lines += [f"{domain} {site.dkim.selector} {site.dkim.key_bits}" for domain in site.dkim.domains]
     return "\n".join(lines) + "\n"
+
+
+# -- SRS: forwarded mail leaves with an envelope sender of the site's domain ---
+
+# The cleanup(8) that local(8) hands the mail it forwards (aliases to other
+# domains) to: only there is the envelope sender rewritten, never for mail
+# received from outside, nor for local programs, lists or the responder.
+SRS_CLEANUP = "srs-cleanup"
+# Its sender_canonical_maps: empty here; the postinst sets postsrsd's tcp table
+# while postsrsd is installed (an unreachable table would defer the mail).
+SRS_SENDER_MAPS = "oignons_srs_sender_maps"
+
+
+def srs_settings() -> list[tuple[str, str]]:
+    return [(SRS_SENDER_MAPS, "")]
+
+
+def srs_master_cf() -> list[str]:
+    return [
+        postfix.master_cf_entry(
+            SRS_CLEANUP,
+            "unix",
+            "cleanup",
+            private="n",
+            process_limit="0",
+            arguments=(
+                "-o",
+                f"syslog_name=postfix/{SRS_CLEANUP}",
+                "-o",
+                f"sender_canonical_maps=${SRS_SENDER_MAPS}",
+                "-o",
+                "sender_canonical_classes=envelope_sender",
+            ),
+        ),
+        postfix.master_cf_entry(
+            "local", "unix", "local", unprivileged="n", arguments=("-o", f"cleanup_service_name={SRS_CLEANUP}")
+        ),
+    ]
+
+
+def srs_config(site: Site) -> str:
+    """postsrsd's settings from the site, read by the package's postsrsd launcher after /etc/default/postsrsd.
+
+    The SRS domain is the site's: its SPF lets the relay send, its MX brings
+    the bounces back.  The relay's destinations are never rewritten: their
+    mail already passes SPF from the relay.
+    """
+    source = PurePosixPath(site.source).name
+    return (
+        f"# oignons-mail-relay: postsrsd's SRS domain and the domains it never rewrites, from {source}.\n"
+        f"SRS_DOMAIN={site.domain}\n"
+        f"SRS_EXCLUDE_DOMAINS={','.join(site.relay.destinations)}\n"
+    )

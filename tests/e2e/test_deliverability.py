@@ -19,10 +19,19 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]  # python3-dkim has no type hints
 import pytest
+import spf  # type: ignore[import-untyped]  # python3-spf has no type hints
 
 from oignons_mail import dns, pin
-from tests.e2e.machines import RELAY_ADDRESS, SINK_ADDRESS, reload_postfix, run, wait_until
-from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
+from tests.e2e.machines import (
+    CLEAN_CLIENT_ADDRESS,
+    RELAY_ADDRESS,
+    RELAY_WORLD_ADDRESS,
+    SINK_ADDRESS,
+    reload_postfix,
+    run,
+    wait_until,
+)
+from tests.e2e.mail import Sent, delivery_lines, final_reply, replies, sendmail, smtp_process, wait_for_delivery
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
     DKIM_DIRECTORY,
@@ -33,13 +42,17 @@ from tests.e2e.testbed import (
     RELAY_HOSTNAME,
     RSPAMD_START_TIMEOUT,
     SINK_HOSTNAME,
+    STRICT_DOMAIN,
+    TEST_ALIAS,
     TOOL,
     TOOL_ENVIRONMENT,
     UNBOUND_TEST_CONF,
     Received,
     Testbed,
+    new_message_id,
     wait_for_relay_services,
 )
+from tests.system.debian_system import MIRROR
 
 SIGNED_DOMAIN = "signed.test"
 SIGNED_MX = f"mx.{SIGNED_DOMAIN}"
@@ -342,3 +355,140 @@ def test_rspamd_makes_missing_dkim_keys_when_it_starts(bed: Testbed) -> None:
         wait_for_relay_services(bed)
     assert made == [f"{key} _rspamd:_rspamd 640" for key in before], made
     assert fresh.split() == before, "the keys after the restart are the old ones: nothing made them"
+
+
+# --- Forwarding: SRS, and the nodes' mail to the outside ----------------------------
+
+STRICT_SENDER = f"sender@{STRICT_DOMAIN}"
+# postsrsd 1.x: SRS0=HASH=TT=domain=local@SRS_DOMAIN (the site's domain).
+SRS_SENDER_RE = re.compile(rf"SRS0=[^=@]+=[^=@]+={re.escape(STRICT_DOMAIN)}=sender@{re.escape(DOMAIN)}")
+APT_TIMEOUT = 600.0
+
+
+def debian_deb(release: str, package: str, directory: Path) -> Path:
+    """`package` of `release` from Debian's archive: apt-get download, with that release's lists in `directory`."""
+    for sub in ("lists/partial", "cache/archives/partial", "debs"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    sources = directory / "sources.list"
+    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {MIRROR} {release} main\n")
+    options = (
+        f"-oDir::Etc::SourceList={sources} -oDir::Etc::SourceParts=/nonexistent -oDir::State::Lists={directory}/lists"
+        f" -oDir::Cache={directory}/cache -oAPT::Sandbox::User=root"
+    )
+    found = sorted((directory / "debs").glob(f"{package}_*.deb"))
+    if not found:
+        command = f"apt-get {options} update -qq && cd {directory}/debs && apt-get {options} download {package}"
+        run(["sh", "-c", command], timeout=APT_TIMEOUT).check(f"apt-get download {package} ({release})")
+        found = sorted((directory / "debs").glob(f"{package}_*.deb"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture
+def postsrsd(bed: Testbed) -> None:
+    """postsrsd installed on the relay after the relay package (the package's trigger adds the SRS settings)."""
+    if bed.relay.check("dpkg-query -W -f='${db:Status-Status}' postsrsd 2>/dev/null || true").strip() == "installed":
+        return
+    deb = debian_deb(bed.relay.release, "postsrsd", WORK_APT / bed.relay.release)
+    shutil.copyfile(deb, bed.relay.system.root / "root/postsrsd.deb")
+    log = bed.relay.check("DEBIAN_FRONTEND=noninteractive dpkg -i /root/postsrsd.deb 2>&1", timeout=300)
+    bed.notes.append(f"postsrsd installed ({bed.name}): {deb.name}")
+    settings = bed.relay.check("postconf -h recipient_canonical_maps oignons_srs_sender_maps")
+    assert settings.split() == ["tcp:127.0.0.1:10002", "tcp:127.0.0.1:10001"], f"{settings}\n{log}"
+    # Through postsrsd (the package's launcher: the site's SRS domain), as Postfix asks it.
+    wait_until(
+        "postsrsd to rewrite a sender on 127.0.0.1:10001",
+        lambda: (
+            True if f"@{DOMAIN}" in bed.relay.run("postmap -q someone@example.org tcp:127.0.0.1:10001").stdout else None
+        ),
+        60,
+        diagnose=bed.relay.run("systemctl status postsrsd; journalctl -u postsrsd -n 20").stdout,
+    )
+
+
+WORK_APT = Path(__file__).resolve().parents[2] / "build" / "e2e-apt"
+
+
+def spf_result(bed: Testbed, client: str, sender: str, helo: str) -> str:
+    """pyspf's verdict for MAIL FROM:<sender> from `client`, every query answered by the relay's unbound."""
+
+    def lookup(name: object, qtype: str, *_: object, **__: object) -> list[tuple[tuple[str, str], object]]:
+        text = str(name).rstrip(".")
+        answer = bed.relay.check(f"dig +short +time=2 +tries=1 {qtype} {shlex.quote(text)} @127.0.0.1")
+        values: list[tuple[tuple[str, str], object]] = []
+        for line in answer.splitlines():
+            if qtype in ("TXT", "SPF"):
+                strings = [s.encode() for s in re.findall(r'"((?:[^"\\]|\\.)*)"', line)]
+                values.append(((text, qtype), strings))
+            elif qtype == "MX":
+                preference, host = line.split()
+                values.append(((text, qtype), (int(preference), host.rstrip("."))))
+            elif qtype == "PTR":
+                values.append(((text, qtype), line.rstrip(".")))
+            else:
+                values.append(((text, qtype), line))
+        return values
+
+    original = spf.DNSLookup
+    spf.DNSLookup = lookup
+    try:
+        result, _explanation = spf.check2(i=client, s=sender, h=helo)
+    finally:
+        spf.DNSLookup = original
+    return str(result)
+
+
+def header_domain(data: str, name: str) -> str:
+    found = re.search(rf"^{name}:.*?@([^>\s]+)", data, re.M | re.I)
+    assert found is not None, f"no {name}: address in\n{data[:2000]}"
+    return found.group(1).lower()
+
+
+def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes_spf(
+    bed: Testbed, postsrsd: None
+) -> None:
+    user, target = TEST_ALIAS
+    message_id = new_message_id("srs")
+    result = bed.swaks(
+        "--from", STRICT_SENDER, "--to", f"{user}@{DOMAIN}", "--header", f"Message-Id: <{message_id}>",
+        "--header", f"From: <{STRICT_SENDER}>", "--body", f"SRS test\nToken: {message_id.split('@')[0]}\n",
+        source=CLEAN_CLIENT_ADDRESS,
+    )  # fmt: skip
+    assert final_reply(result.stdout, "250 2.0.0"), f"not accepted:\n{result.stdout[-2000:]}"
+    received = bed.sink.wait_for(f"the forwarded message at {target}", lambda m: message_id in m.data, 90)
+    assert SRS_SENDER_RE.fullmatch(received.mail_from), received.mail_from
+    # SPF at the receiver: the SRS sender passes from the relay, the original sender would fail.
+    assert received.peer == RELAY_WORLD_ADDRESS, received.peer
+    assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass"
+    assert spf_result(bed, received.peer, STRICT_SENDER, RELAY_HOSTNAME) == "fail"
+    assert spf_result(bed, CLEAN_CLIENT_ADDRESS, STRICT_SENDER, "client.elsewhere.test") == "pass"
+    bed.notes.append(f"SRS ({bed.name}): MAIL FROM:<{received.mail_from}>, SPF pass from {received.peer}")
+
+    # A bounce to the SRS address reaches the original sender (whose MX is the sink too).
+    bounce_id = new_message_id("srs-bounce")
+    bounce = bed.swaks(
+        "--from", "<>", "--to", received.mail_from, "--header", f"Message-Id: <{bounce_id}>",
+        "--body", f"a bounce\nToken: {bounce_id.split('@')[0]}\n",
+    )  # fmt: skip
+    assert final_reply(bounce.stdout, "250 2.0.0"), f"the bounce was not accepted:\n{bounce.stdout[-2000:]}"
+    back = bed.sink.wait_for(f"the bounce at {STRICT_SENDER}", lambda m: bounce_id in m.data, 90)
+    assert back.rcpt_to == [STRICT_SENDER], back.rcpt_to
+
+
+def test_a_forged_srs_address_is_refused_at_rcpt(bed: Testbed, postsrsd: None) -> None:
+    forged = f"SRS0=AAAA=ZZ={STRICT_DOMAIN}=sender@{DOMAIN}"
+    result = bed.swaks("--from", "<>", "--to", forged, "--quit-after", "RCPT")
+    reply = final_reply(result.stdout, "5")
+    assert reply is not None, f"expected 550 at RCPT, got {replies(result.stdout)}"
+    assert reply.startswith("550"), reply
+    bed.notes.append(f"forged SRS address ({bed.name}): {reply}")
+
+
+def test_a_node_mail_to_the_outside_passes_spf_aligned_with_its_from(bed: Testbed) -> None:
+    recipient = f"node-spf@{OUTSIDE_DOMAIN}"
+    sent = sendmail(bed.smarthost, recipient, "node-spf")
+    received = bed.sink.wait_for(f"the node's message at {recipient}", lambda m: sent.token in m.data, 120)
+    envelope_domain = received.mail_from.rpartition("@")[2].lower()
+    assert envelope_domain == header_domain(received.data, "From"), received.mail_from
+    assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass", received.mail_from
+    bed.notes.append(f"node mail ({bed.name}): MAIL FROM:<{received.mail_from}> SPF pass from {received.peer}")
