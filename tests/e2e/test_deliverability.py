@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,16 +290,21 @@ def published_txt(bed: Testbed, name: str) -> bytes:
     return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', answer)).encode("ascii")
 
 
-def verify_dkim(bed: Testbed, message: Received) -> str:
-    """Verify the message's DKIM signature against the published key; the signature's d= and s=."""
+def txt_lookup(bed: Testbed) -> Callable[..., bytes]:
+    """dkimpy's dnsfunc: TXT records as the relay's unbound publishes them."""
 
     def lookup(name: bytes | str, timeout: int = 5) -> bytes:
         return published_txt(bed, name.decode("ascii") if isinstance(name, bytes) else name)
 
+    return lookup
+
+
+def verify_dkim(bed: Testbed, message: Received) -> str:
+    """Verify the message's DKIM signature against the published key; the signature's d= and s=."""
     data = message.data.replace("\n", "\r\n").encode("utf-8")
     signature = re.search(r"(?ms)^DKIM-Signature:.*?(?=^\S)", message.data)
     assert signature is not None, f"no DKIM-Signature header:\n{message.data[:2000]}"
-    assert dkim.verify(data, dnsfunc=lookup), f"the DKIM signature does not verify:\n{signature.group(0)}"
+    assert dkim.verify(data, dnsfunc=txt_lookup(bed)), f"the DKIM signature does not verify:\n{signature.group(0)}"
     tags = dict(re.findall(r"\b([ds])=([^;\s]+)", signature.group(0)))
     return f"d={tags.get('d')} s={tags.get('s')}"
 
@@ -389,6 +395,9 @@ def postsrsd(bed: Testbed) -> None:
     """postsrsd installed on the relay after the relay package (the package's trigger adds the SRS settings)."""
     if bed.relay.check("dpkg-query -W -f='${db:Status-Status}' postsrsd 2>/dev/null || true").strip() == "installed":
         return
+    # Without postsrsd, Postfix names none of its tables (an unreachable one would defer mail).
+    absent = bed.relay.check("postconf -h recipient_canonical_maps oignons_srs_sender_maps")
+    assert absent.split() == [], f"postsrsd's tables set while postsrsd is absent: {absent}"
     deb = debian_deb(bed.relay.release, "postsrsd", WORK_APT / bed.relay.release)
     shutil.copyfile(deb, bed.relay.system.root / "root/postsrsd.deb")
     log = bed.relay.check("DEBIAN_FRONTEND=noninteractive dpkg -i /root/postsrsd.deb 2>&1", timeout=300)
@@ -438,6 +447,17 @@ def spf_result(bed: Testbed, client: str, sender: str, helo: str) -> str:
     return str(result)
 
 
+def verify_arc(bed: Testbed, message: Received) -> str:
+    """Verify the message's ARC chain (dkimpy) against the published keys; the last seal's i=, d=, s=, cv=."""
+    data = message.data.replace("\n", "\r\n").encode("utf-8")
+    seals = re.findall(r"(?ms)^ARC-Seal:.*?(?=^\S)", message.data)
+    assert seals, f"no ARC-Seal header:\n{message.data[:3000]}"
+    chain, results, reason = dkim.arc_verify(data, dnsfunc=txt_lookup(bed))
+    assert chain == dkim.CV_Pass, f"the ARC chain does not verify ({chain!r}: {reason}; {results})\n{seals}"
+    tags = dict(re.findall(r"\b(i|d|s|cv)=([^;\s]+)", seals[-1]))
+    return " ".join(f"{k}={tags.get(k)}" for k in ("i", "d", "s", "cv"))
+
+
 def header_domain(data: str, name: str) -> str:
     found = re.search(rf"^{name}:.*?@([^>\s]+)", data, re.M | re.I)
     assert found is not None, f"no {name}: address in\n{data[:2000]}"
@@ -463,6 +483,10 @@ def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes
     assert spf_result(bed, received.peer, STRICT_SENDER, RELAY_HOSTNAME) == "fail"
     assert spf_result(bed, CLEAN_CLIENT_ADDRESS, STRICT_SENDER, "client.elsewhere.test") == "pass"
     bed.notes.append(f"SRS ({bed.name}): MAIL FROM:<{received.mail_from}>, SPF pass from {received.peer}")
+    # The relay sealed what it received (ARC): the next receiver can trust the results it saw.
+    seal = verify_arc(bed, received)
+    assert seal == f"i=1 d={DOMAIN} s=arc cv=none", seal
+    bed.notes.append(f"ARC of the forwarded copy ({bed.name}): verifies, {seal}")
 
     # A bounce to the SRS address reaches the original sender (whose MX is the sink too).
     bounce_id = new_message_id("srs-bounce")
