@@ -8,7 +8,7 @@
 # by `make check`), so that a plain `pytest tests` or `make unit` does not start them.
 
 E2E_PACKAGES = systemd-container mmdebstrap debian-archive-keyring iproute2 util-linux openssl \
-	swaks libnet-ssleay-perl python3-pytest python3-pytest-xdist python3-dnspython python3-dkim ldnsutils \
+	swaks libnet-ssleay-perl python3-pytest python3-pytest-xdist python3-dnspython python3-dkim python3-spf ldnsutils \
 	testssl.sh apt-utils gnupg
 # Each pytest-xdist worker (or a run without it: main) writes its own report.
 E2E_REPORTS = build/e2e/*/report.txt

@@ -138,12 +138,12 @@ def cmd_dns(args: argparse.Namespace) -> int:
     if not args.check:
         sys.stdout.write(dns.zone_text(site, records))
     else:
-        findings = dns.check_records(records, dns.resolver_lookup(args.server))
+        findings = dns.check_site(site, records, dns.resolver(args.server))
         for finding in findings:
             print(finding.line())
-        wrong = [f for f in findings if f.status != "fine"]
-        print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing or different")
-        missing += ["some records are missing or different in DNS (above)"] if wrong else []
+        wrong = [f for f in findings if f.status != dns.FINE]
+        print(f"{len(findings) - len(wrong)} fine, {len(wrong)} missing, different or unsigned")
+        missing += ["some records are missing, different or unsigned in DNS (above)"] if wrong else []
     sys.stdout.flush()
     for problem in missing:
         print(f"oignons-mail: incomplete: {problem}", file=sys.stderr)

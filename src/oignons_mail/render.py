@@ -8,6 +8,7 @@ computed here in Python; the Jinja2 templates only lay the values out.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -62,6 +63,9 @@ def render(site: Site) -> RenderedTree:
     files["relay/responder.json"] = responder_config(site)
     files["relay/dkim_signing.conf"] = dkim_signing_config(site)
     files["relay/dkim-keys"] = dkim_key_list(site)
+    files["relay/postsrsd"] = srs_config(site)
+    files["relay/arc.conf"] = arc_config(site)
+    files["relay/arc-keys"] = arc_key_list(site)
     return files
 
 
@@ -271,6 +275,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("responder_time_limit", f"{relay.responder.time_limit_seconds}s"),
         ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
         *alias_settings(),
+        *srs_settings(),
     ]
     for transport in relay.transports:
         limits = [
@@ -336,6 +341,7 @@ def relay_master_cf(site: Site) -> list[str]:
             )
             for t in site.relay.transports
         ),
+        *srs_master_cf(),
     ]
     # Every service un-chrooted: systemd confines Postfix instead (wiki, point 5).
     return [f"-M {entry}" for entry in entries] + ["-F */*/chroot = n"]
@@ -434,7 +440,7 @@ def package_description_values(site: Site) -> dict[str, object]:
         "root_alias": site.root_alias,
         # mailman3 and schleuder only for a site that has such lists.
         "relay_recommends": sorted(
-            ["oignons-mail", "redis-server", "rspamd", "unbound"]
+            ["oignons-mail", "postsrsd", "redis-server", "rspamd", "unbound"]
             + (["mailman3"] if relay.mailman else [])
             + (["schleuder"] if relay.schleuder_lists else [])
         ),
@@ -462,11 +468,6 @@ def dkim_signing_config(site: Site) -> str:
     (which unattended-upgrades would stop at).
     """
     source = PurePosixPath(site.source).name
-    dkim = site.dkim
-    domains = "".join(
-        f'  "{d}" {{\n    selector = "{dkim.selector}";\n    path = "{dkim_key_path(d, dkim.selector)}";\n  }}\n'
-        for d in dkim.domains
-    )
     return (
         f"# oignons-mail-relay: DKIM signing, generated from {source}.  Do not edit this\n"
         "# conffile: put local changes in /etc/rspamd/override.d/dkim_signing.conf.\n"
@@ -478,18 +479,122 @@ def dkim_signing_config(site: Site) -> str:
         "# The From: header's domain, reduced to its registered domain (mail from\n"
         "# root@host.example.org is signed as example.org).\n"
         'use_domain = "header";\n'
-        "use_esld = true;\n"
+        "use_esld = true;\n" + rspamd_key_settings(site.dkim.domains, site.dkim.selector)
+    )
+
+
+def rspamd_key_settings(domains: Sequence[str], selector: str) -> str:
+    """The key settings of rspamd's dkim_signing and arc modules: a key per domain, and none for others."""
+    blocks = "".join(
+        f'  "{d}" {{\n    selector = "{selector}";\n    path = "{dkim_key_path(d, selector)}";\n  }}\n' for d in domains
+    )
+    return (
         "# Only the site's domains below: no key is looked for any other.\n"
         "try_fallback = false;\n"
-        f'selector = "{dkim.selector}";\n'
+        f'selector = "{selector}";\n'
         f'path = "{DKIM_KEY_PATH}";\n'
-        f"domain {{\n{domains}}}\n"
+        f"domain {{\n{blocks}}}\n"
     )
 
 
 def dkim_key_list(site: Site) -> str:
     """The keys the relay's postinst makes when they are missing: `domain selector bits` lines."""
+    return key_list(site, "DKIM", site.dkim.selector)
+
+
+def key_list(site: Site, kind: str, selector: str) -> str:
     source = PurePosixPath(site.source).name
-    lines = [f"# oignons-mail-relay: DKIM keys to make (domain selector bits), from {source}"]
-    lines += [f"{domain} {site.dkim.selector} {site.dkim.key_bits}" for domain in site.dkim.domains]
+    lines = [f"# oignons-mail-relay: {kind} keys to make (domain selector bits), from {source}"]
+    lines += [f"{domain} {selector} {site.dkim.key_bits}" for domain in site.dkim.domains]
     return "\n".join(lines) + "\n"
+
+
+# -- SRS: forwarded mail leaves with an envelope sender of the site's domain ---
+
+# The cleanup(8) that local(8) hands the mail it forwards (aliases to other
+# domains) to: only there is the envelope sender rewritten, never for mail
+# received from outside, nor for local programs, lists or the responder.
+SRS_CLEANUP = "srs-cleanup"
+# Its sender_canonical_maps: empty here; the postinst sets postsrsd's tcp table
+# while postsrsd is installed (an unreachable table would defer the mail).
+SRS_SENDER_MAPS = "oignons_srs_sender_maps"
+
+
+def srs_settings() -> list[tuple[str, str]]:
+    return [(SRS_SENDER_MAPS, "")]
+
+
+def srs_master_cf() -> list[str]:
+    return [
+        postfix.master_cf_entry(
+            SRS_CLEANUP,
+            "unix",
+            "cleanup",
+            private="n",
+            process_limit="0",
+            arguments=(
+                "-o",
+                f"syslog_name=postfix/{SRS_CLEANUP}",
+                "-o",
+                f"sender_canonical_maps=${SRS_SENDER_MAPS}",
+                "-o",
+                "sender_canonical_classes=envelope_sender",
+            ),
+        ),
+        postfix.master_cf_entry(
+            "local", "unix", "local", unprivileged="n", arguments=("-o", f"cleanup_service_name={SRS_CLEANUP}")
+        ),
+    ]
+
+
+def srs_config(site: Site) -> str:
+    """postsrsd's settings from the site, read by the package's postsrsd launcher after /etc/default/postsrsd.
+
+    The SRS domain is the site's: its SPF lets the relay send, its MX brings
+    the bounces back.  The relay's destinations are never rewritten: their
+    mail already passes SPF from the relay.
+    """
+    source = PurePosixPath(site.source).name
+    return (
+        f"# oignons-mail-relay: postsrsd's SRS domain and the domains it never rewrites, from {source}.\n"
+        f"SRS_DOMAIN={site.domain}\n"
+        f"SRS_EXCLUDE_DOMAINS={','.join(site.relay.destinations)}\n"
+    )
+
+
+# -- ARC: the relay seals the mail it receives for the site's domains ----------
+
+# One selector for the ARC keys of every signing domain, beside the DKIM keys
+# (so that `oignons-mail dns` publishes them with those).
+ARC_SELECTOR = "arc"
+
+
+def arc_config(site: Site) -> str:
+    """rspamd's local.d/arc.conf: seal mail from other servers to the site's signing domains.
+
+    That is the mail the relay forwards: the next receiver can see, in the
+    seal, the SPF, DKIM and DMARC results the relay found before forwarding.
+    A conffile: local changes belong in override.d/arc.conf.
+    """
+    source = PurePosixPath(site.source).name
+    return (
+        f"# oignons-mail-relay: ARC sealing, generated from {source}.  Do not edit this\n"
+        "# conffile: put local changes in /etc/rspamd/override.d/arc.conf.\n"
+        "# The keys are made on this relay by /usr/lib/oignons-mail-relay/dkim-keys.\n"
+        "enabled = true;\n"
+        "# Mail received from other servers, sealed with the key of its recipient's\n"
+        "# domain (its registered domain): what the relay forwards carries the seal.\n"
+        "# Local programs' mail is DKIM-signed instead (dkim_signing.conf).\n"
+        "sign_inbound = true;\n"
+        "sign_local = false;\n"
+        "sign_authenticated = false;\n"
+        'use_domain = "recipient";\n'
+        "use_esld = true;\n"
+        "allow_hdrfrom_mismatch = true;\n"
+        "allow_envfrom_empty = true;\n" + rspamd_key_settings(site.dkim.domains, ARC_SELECTOR)
+    )
+
+
+def arc_key_list(site: Site) -> str:
+    """The ARC keys the relay makes when they are missing: `domain selector bits` lines (never rotated)."""
+    return key_list(site, "ARC", ARC_SELECTOR)

@@ -457,6 +457,23 @@ SCHEMA: tuple[Table, ...] = (
                 '"postmaster@nos-oignons.net"',
                 '"postmaster@" site.domain',
             ),
+            Key(
+                "tlsrpt_rua",
+                "a string",
+                "Where TLS-RPT reports (RFC 8460) go: oignons-mail dns then prints an _smtp._tls record.",
+                "a mail address, or an https: URI",
+                '"tls-reports@nos-oignons.net"',
+                "no _smtp._tls record",
+            ),
+            Key(
+                "relay_addresses",
+                "a list of strings",
+                "The relay's public IPv4 and IPv6 addresses: oignons-mail dns prints their A/AAAA records and the"
+                " PTR to ask the hosting provider for, and dns --check checks forward-confirmed reverse DNS.",
+                "a list of IPv4 or IPv6 addresses others can reach (no loopback, link-local or multicast one)",
+                '["192.0.2.25", "2001:db8::25"]',
+                "no A/AAAA records printed, no reverse DNS checked",
+            ),
         ),
         optional=True,
     ),

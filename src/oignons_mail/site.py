@@ -155,6 +155,11 @@ class Dns:
     spf: str
     dmarc_policy: str
     dmarc_rua: str
+    # RFC 8460 reports of failed TLS to the site's domains: a mail address or an
+    # https: URI; None: no _smtp._tls record.
+    tlsrpt_rua: str | None = None
+    # The relay's public addresses (A/AAAA of relay.hostname, each with its PTR).
+    relay_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -931,12 +936,35 @@ def _parse_dkim(table: _Table, site_domain: str, destinations: tuple[str, ...]) 
     return Dkim(selector=selector, key_bits=key_bits, domains=domains)
 
 
+def tlsrpt_address(value: str) -> str:
+    """Where TLS-RPT reports go: a mail address, or an https: URI."""
+    if value.startswith("https:"):
+        return web_address(value)
+    try:
+        return mail_address(value)
+    except RuleError:
+        raise RuleError("neither a mail address nor an https: URI", 'e.g. "tls-reports@nos-oignons.net"') from None
+
+
+def public_address(value: str) -> str:
+    """An IPv4 or IPv6 address others reach the relay at (no private, loopback or link-local one)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise RuleError("not an IPv4 or IPv6 address", 'e.g. "192.0.2.25" or "2001:db8::25"') from None
+    if address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast:
+        raise RuleError("not an address others can reach", "give the relay's public address")
+    return str(address)
+
+
 def _parse_dns(table: _Table, site_domain: str) -> Dns:
     dns = Dns(
         ttl=table.optional_integer("ttl") or DNS_TTL,
         spf=table.optional_string("spf", spf_record) or DNS_SPF,
         dmarc_policy=table.optional_string("dmarc_policy", dmarc_policy) or DNS_DMARC_POLICY,
         dmarc_rua=table.optional_string("dmarc_rua", mail_address) or f"postmaster@{site_domain}",
+        tlsrpt_rua=table.optional_string("tlsrpt_rua", tlsrpt_address),
+        relay_addresses=table.strings("relay_addresses", public_address) if "relay_addresses" in table.data else (),
     )
     table.finish()
     return dns

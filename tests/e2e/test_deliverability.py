@@ -14,14 +14,24 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import spf  # type: ignore[import-untyped]  # python3-spf has no type hints
 
 from oignons_mail import dns, pin
-from tests.e2e.machines import SINK_ADDRESS, reload_postfix, run, wait_until
-from tests.e2e.mail import Sent, delivery_lines, sendmail, smtp_process, wait_for_delivery
+from tests.e2e.machines import (
+    CLEAN_CLIENT_ADDRESS,
+    RELAY_ADDRESS,
+    RELAY_WORLD_ADDRESS,
+    SINK_ADDRESS,
+    reload_postfix,
+    run,
+    wait_until,
+)
+from tests.e2e.mail import Sent, delivery_lines, final_reply, replies, sendmail, smtp_process, wait_for_delivery
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
     DKIM_DIRECTORY,
@@ -29,15 +39,20 @@ from tests.e2e.testbed import (
     LIST_ADDRESS,
     LIST_ADMIN,
     OUTSIDE_DOMAIN,
+    RELAY_HOSTNAME,
     RSPAMD_START_TIMEOUT,
     SINK_HOSTNAME,
+    STRICT_DOMAIN,
+    TEST_ALIAS,
     TOOL,
     TOOL_ENVIRONMENT,
     UNBOUND_TEST_CONF,
     Received,
     Testbed,
+    new_message_id,
     wait_for_relay_services,
 )
+from tests.system.debian_system import MIRROR
 
 # python3-dkim is an end-to-end dependency (make e2e-deps), not a build-dependency:
 # without it, `make unit` collects this file and skips it.
@@ -165,6 +180,24 @@ def test_matching_tlsa_gives_a_verified_tls_delivery(bed: Testbed, signed_zone: 
     bed.notes.append(f"DANE match ({bed.name}): {verified[0]}")
     bed.notes.append(f"DANE match ({bed.name}): {line}")
     assert [m.tls for m in stored(bed, sent)] != [""], "the sink received the message in clear"
+    # What `dns --check` reads: the AD bit of a validating resolver, set for the signed zone only.
+    assert tlsa_validated(bed, f"_25._tcp.{SIGNED_MX}.") == "validated"
+    assert tlsa_validated(bed, f"_25._tcp.{RELAY_HOSTNAME}.") == "not validated"
+
+
+def tlsa_validated(bed: Testbed, name: str) -> str:
+    """Whether the check's resolver (dns.resolver) finds this TLSA answer DNSSEC-validated by the relay's unbound."""
+    program = (
+        "import sys; from oignons_mail import dns; r = dns.resolver('127.0.0.1'); "
+        "found = r.lookup(sys.argv[1], 'TLSA'); "
+        "print('validated' if found and r.validated(sys.argv[1], 'TLSA') else 'not validated' if found else 'none')"
+    )
+    result = bed.network.execute(
+        bed.network.relay,
+        ["env", *(f"{k}={v}" for k, v in TOOL_ENVIRONMENT.items()), TOOL[0], "-c", program, name],
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def test_wrong_tlsa_defers_and_the_fixed_record_delivers(bed: Testbed, signed_zone: SignedZone) -> None:
@@ -212,25 +245,47 @@ def dns_check(bed: Testbed) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def check_statuses(output: str) -> dict[str, str]:
+    """`dns --check` output as {what: status}, from its finding lines (the status, then `what: name type`)."""
+    found = re.findall(r"^(fine|missing|different|unsigned) +(.+?): \S+ [A-Z]+", output, re.M)
+    return {what: status for status, what in found}
+
+
 def test_dns_check_passes_and_names_a_removed_record(bed: Testbed) -> None:
+    """Every record fine but the TLSA (the site's test zone is not signed); then four faults, each named."""
     status, output = dns_check(bed)
-    assert status == 0, output
-    assert "0 missing or different" in output, output
+    assert status == 1, output
+    before = check_statuses(output)
+    not_fine = {what: s for what, s in before.items() if s != "fine"}
+    assert not_fine == {f"TLSA of {RELAY_HOSTNAME} port {port}": "unsigned" for port in dns.TLSA_PORTS}, output
+    assert before[f"reverse DNS of {RELAY_ADDRESS} ({RELAY_HOSTNAME})"] == "fine", output
+    assert before[f"SPF of {DOMAIN}"] == before[f"DMARC of {DOMAIN}"] == "fine", output
     bed.notes.append(f"dns --check ({bed.name}): {output.strip().splitlines()[-1]}")
 
     conf = bed.relay.system.root / UNBOUND_TEST_CONF.lstrip("/")
     original = conf.read_text(encoding="utf-8")
-    removed = f"bulbe1._domainkey.{DOMAIN}."
-    kept = [line for line in original.splitlines() if not line.strip().startswith(f"local-data: '{removed}")]
-    assert len(kept) == len(original.splitlines()) - 1, f"no local-data line for {removed} in {UNBOUND_TEST_CONF}"
+    removed = (f"local-data: '{f'bulbe1._domainkey.{DOMAIN}.'}", f'local-data-ptr: "{RELAY_ADDRESS} ')
+    kept = [line for line in original.splitlines() if not line.strip().startswith(removed)]
+    assert len(kept) == len(original.splitlines()) - 2, f"no DKIM or PTR line to remove in {UNBOUND_TEST_CONF}"
+    # A second SPF and a second DMARC record: receivers then use neither.
+    kept += [
+        f"    local-data: '{DOMAIN}. TXT \"v=spf1 a -all\"'",
+        f"    local-data: '_dmarc.{DOMAIN}. TXT \"v=DMARC1; p=reject\"'",
+    ]
     try:
         conf.write_text("\n".join(kept) + "\n", encoding="utf-8")
         bed.relay.check("systemctl restart unbound", timeout=60)
         status, output = dns_check(bed)
         assert status == 1, output
-        missing = [line for line in output.splitlines() if line.startswith("missing")]
-        assert [line.split(":")[0] for line in missing] == [f"missing   DKIM key bulbe1 of {DOMAIN}"], output
-        bed.notes.append(f"dns --check without {removed} ({bed.name}): {missing[0][:90]}")
+        after = check_statuses(output)
+        changed = {what: s for what, s in after.items() if s != before[what]}
+        assert changed == {
+            f"DKIM key bulbe1 of {DOMAIN}": "missing",
+            f"SPF of {DOMAIN}": "different",
+            f"DMARC of {DOMAIN}": "different",
+            f"reverse DNS of {RELAY_ADDRESS} ({RELAY_HOSTNAME})": "missing",
+        }, output
+        bed.notes.append(f"dns --check, four faults ({bed.name}): {output.strip().splitlines()[-1]}")
     finally:
         conf.write_text(original, encoding="utf-8")
         bed.relay.check("systemctl restart unbound", timeout=60)
@@ -245,16 +300,21 @@ def published_txt(bed: Testbed, name: str) -> bytes:
     return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', answer)).encode("ascii")
 
 
-def verify_dkim(bed: Testbed, message: Received) -> str:
-    """Verify the message's DKIM signature against the published key; the signature's d= and s=."""
+def txt_lookup(bed: Testbed) -> Callable[..., bytes]:
+    """dkimpy's dnsfunc: TXT records as the relay's unbound publishes them."""
 
     def lookup(name: bytes | str, timeout: int = 5) -> bytes:
         return published_txt(bed, name.decode("ascii") if isinstance(name, bytes) else name)
 
+    return lookup
+
+
+def verify_dkim(bed: Testbed, message: Received) -> str:
+    """Verify the message's DKIM signature against the published key; the signature's d= and s=."""
     data = message.data.replace("\n", "\r\n").encode("utf-8")
     signature = re.search(r"(?ms)^DKIM-Signature:.*?(?=^\S)", message.data)
     assert signature is not None, f"no DKIM-Signature header:\n{message.data[:2000]}"
-    assert dkim.verify(data, dnsfunc=lookup), f"the DKIM signature does not verify:\n{signature.group(0)}"
+    assert dkim.verify(data, dnsfunc=txt_lookup(bed)), f"the DKIM signature does not verify:\n{signature.group(0)}"
     tags = dict(re.findall(r"\b([ds])=([^;\s]+)", signature.group(0)))
     return f"d={tags.get('d')} s={tags.get('s')}"
 
@@ -311,3 +371,158 @@ def test_rspamd_makes_missing_dkim_keys_when_it_starts(bed: Testbed) -> None:
         wait_for_relay_services(bed)
     assert made == [f"{key} _rspamd:_rspamd 640" for key in before], made
     assert fresh.split() == before, "the keys after the restart are the old ones: nothing made them"
+
+
+# --- Forwarding: SRS, and the nodes' mail to the outside ----------------------------
+
+STRICT_SENDER = f"sender@{STRICT_DOMAIN}"
+# postsrsd 1.x: SRS0=HASH=TT=domain=local@SRS_DOMAIN (the site's domain).
+SRS_SENDER_RE = re.compile(rf"SRS0=[^=@]+=[^=@]+={re.escape(STRICT_DOMAIN)}=sender@{re.escape(DOMAIN)}")
+APT_TIMEOUT = 600.0
+
+
+def debian_deb(release: str, package: str, directory: Path) -> Path:
+    """`package` of `release` from Debian's archive: apt-get download, with that release's lists in `directory`."""
+    for sub in ("lists/partial", "cache/archives/partial", "debs"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    sources = directory / "sources.list"
+    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {MIRROR} {release} main\n")
+    options = (
+        f"-oDir::Etc::SourceList={sources} -oDir::Etc::SourceParts=/nonexistent -oDir::State::Lists={directory}/lists"
+        f" -oDir::Cache={directory}/cache -oAPT::Sandbox::User=root"
+    )
+    found = sorted((directory / "debs").glob(f"{package}_*.deb"))
+    if not found:
+        command = f"apt-get {options} update -qq && cd {directory}/debs && apt-get {options} download {package}"
+        run(["sh", "-c", command], timeout=APT_TIMEOUT).check(f"apt-get download {package} ({release})")
+        found = sorted((directory / "debs").glob(f"{package}_*.deb"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture
+def postsrsd(bed: Testbed) -> None:
+    """postsrsd installed on the relay after the relay package (the package's trigger adds the SRS settings)."""
+    if bed.relay.check("dpkg-query -W -f='${db:Status-Status}' postsrsd 2>/dev/null || true").strip() == "installed":
+        return
+    # Without postsrsd, Postfix names none of its tables (an unreachable one would defer mail).
+    absent = bed.relay.check("postconf -h recipient_canonical_maps oignons_srs_sender_maps")
+    assert absent.split() == [], f"postsrsd's tables set while postsrsd is absent: {absent}"
+    deb = debian_deb(bed.relay.release, "postsrsd", WORK_APT / bed.relay.release)
+    shutil.copyfile(deb, bed.relay.system.root / "root/postsrsd.deb")
+    log = bed.relay.check("DEBIAN_FRONTEND=noninteractive dpkg -i /root/postsrsd.deb 2>&1", timeout=300)
+    bed.notes.append(f"postsrsd installed ({bed.name}): {deb.name}")
+    settings = bed.relay.check("postconf -h recipient_canonical_maps oignons_srs_sender_maps")
+    assert settings.split() == ["tcp:127.0.0.1:10002", "tcp:127.0.0.1:10001"], f"{settings}\n{log}"
+    # Through postsrsd (the package's launcher: the site's SRS domain), as Postfix asks it.
+    wait_until(
+        "postsrsd to rewrite a sender on 127.0.0.1:10001",
+        lambda: (
+            True if f"@{DOMAIN}" in bed.relay.run("postmap -q someone@example.org tcp:127.0.0.1:10001").stdout else None
+        ),
+        60,
+        diagnose=bed.relay.run("systemctl status postsrsd; journalctl -u postsrsd -n 20").stdout,
+    )
+
+
+WORK_APT = Path(__file__).resolve().parents[2] / "build" / "e2e-apt"
+
+
+def spf_result(bed: Testbed, client: str, sender: str, helo: str) -> str:
+    """pyspf's verdict for MAIL FROM:<sender> from `client`, every query answered by the relay's unbound."""
+
+    def lookup(name: object, qtype: str, *_: object, **__: object) -> list[tuple[tuple[str, str], object]]:
+        text = str(name).rstrip(".")
+        answer = bed.relay.check(f"dig +short +time=2 +tries=1 {qtype} {shlex.quote(text)} @127.0.0.1")
+        values: list[tuple[tuple[str, str], object]] = []
+        for line in answer.splitlines():
+            if qtype in ("TXT", "SPF"):
+                strings = [s.encode() for s in re.findall(r'"((?:[^"\\]|\\.)*)"', line)]
+                values.append(((text, qtype), strings))
+            elif qtype == "MX":
+                preference, host = line.split()
+                values.append(((text, qtype), (int(preference), host.rstrip("."))))
+            elif qtype == "PTR":
+                values.append(((text, qtype), line.rstrip(".")))
+            else:
+                values.append(((text, qtype), line))
+        return values
+
+    original = spf.DNSLookup
+    spf.DNSLookup = lookup
+    try:
+        result, _explanation = spf.check2(i=client, s=sender, h=helo)
+    finally:
+        spf.DNSLookup = original
+    return str(result)
+
+
+def verify_arc(bed: Testbed, message: Received) -> str:
+    """Verify the message's ARC chain (dkimpy) against the published keys; the last seal's i=, d=, s=, cv=."""
+    data = message.data.replace("\n", "\r\n").encode("utf-8")
+    seals = re.findall(r"(?ms)^ARC-Seal:.*?(?=^\S)", message.data)
+    assert seals, f"no ARC-Seal header:\n{message.data[:3000]}"
+    chain, results, reason = dkim.arc_verify(data, dnsfunc=txt_lookup(bed))
+    assert chain == dkim.CV_Pass, f"the ARC chain does not verify ({chain!r}: {reason}; {results})\n{seals}"
+    tags = dict(re.findall(r"\b(i|d|s|cv)=([^;\s]+)", seals[-1]))
+    return " ".join(f"{k}={tags.get(k)}" for k in ("i", "d", "s", "cv"))
+
+
+def header_domain(data: str, name: str) -> str:
+    found = re.search(rf"^{name}:.*?@([^>\s]+)", data, re.M | re.I)
+    assert found is not None, f"no {name}: address in\n{data[:2000]}"
+    return found.group(1).lower()
+
+
+def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes_spf(
+    bed: Testbed, postsrsd: None
+) -> None:
+    user, target = TEST_ALIAS
+    message_id = new_message_id("srs")
+    result = bed.swaks(
+        "--from", STRICT_SENDER, "--to", f"{user}@{DOMAIN}", "--header", f"Message-Id: <{message_id}>",
+        "--header", f"From: <{STRICT_SENDER}>", "--body", f"SRS test\nToken: {message_id.split('@')[0]}\n",
+        source=CLEAN_CLIENT_ADDRESS,
+    )  # fmt: skip
+    assert final_reply(result.stdout, "250 2.0.0"), f"not accepted:\n{result.stdout[-2000:]}"
+    received = bed.sink.wait_for(f"the forwarded message at {target}", lambda m: message_id in m.data, 90)
+    assert SRS_SENDER_RE.fullmatch(received.mail_from), received.mail_from
+    # SPF at the receiver: the SRS sender passes from the relay, the original sender would fail.
+    assert received.peer == RELAY_WORLD_ADDRESS, received.peer
+    assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass"
+    assert spf_result(bed, received.peer, STRICT_SENDER, RELAY_HOSTNAME) == "fail"
+    assert spf_result(bed, CLEAN_CLIENT_ADDRESS, STRICT_SENDER, "client.elsewhere.test") == "pass"
+    bed.notes.append(f"SRS ({bed.name}): MAIL FROM:<{received.mail_from}>, SPF pass from {received.peer}")
+    # The relay sealed what it received (ARC): the next receiver can trust the results it saw.
+    seal = verify_arc(bed, received)
+    assert seal == f"i=1 d={DOMAIN} s=arc cv=none", seal
+    bed.notes.append(f"ARC of the forwarded copy ({bed.name}): verifies, {seal}")
+
+    # A bounce to the SRS address reaches the original sender (whose MX is the sink too).
+    bounce_id = new_message_id("srs-bounce")
+    bounce = bed.swaks(
+        "--from", "<>", "--to", received.mail_from, "--header", f"Message-Id: <{bounce_id}>",
+        "--body", f"a bounce\nToken: {bounce_id.split('@')[0]}\n",
+    )  # fmt: skip
+    assert final_reply(bounce.stdout, "250 2.0.0"), f"the bounce was not accepted:\n{bounce.stdout[-2000:]}"
+    back = bed.sink.wait_for(f"the bounce at {STRICT_SENDER}", lambda m: bounce_id in m.data, 90)
+    assert back.rcpt_to == [STRICT_SENDER], back.rcpt_to
+
+
+def test_a_forged_srs_address_is_refused_at_rcpt(bed: Testbed, postsrsd: None) -> None:
+    forged = f"SRS0=AAAA=ZZ={STRICT_DOMAIN}=sender@{DOMAIN}"
+    result = bed.swaks("--from", "<>", "--to", forged, "--quit-after", "RCPT")
+    reply = final_reply(result.stdout, "5")
+    assert reply is not None, f"expected 550 at RCPT, got {replies(result.stdout)}"
+    assert reply.startswith("550"), reply
+    bed.notes.append(f"forged SRS address ({bed.name}): {reply}")
+
+
+def test_a_node_mail_to_the_outside_passes_spf_aligned_with_its_from(bed: Testbed) -> None:
+    recipient = f"node-spf@{OUTSIDE_DOMAIN}"
+    sent = sendmail(bed.smarthost, recipient, "node-spf")
+    received = bed.sink.wait_for(f"the node's message at {recipient}", lambda m: sent.token in m.data, 120)
+    envelope_domain = received.mail_from.rpartition("@")[2].lower()
+    assert envelope_domain == header_domain(received.data, "From"), received.mail_from
+    assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass", received.mail_from
+    bed.notes.append(f"node mail ({bed.name}): MAIL FROM:<{received.mail_from}> SPF pass from {received.peer}")

@@ -60,6 +60,9 @@ SMARTHOST_HOSTNAME = f"{SMARTHOST_NAME}.{DOMAIN}"
 OUTSIDE_DOMAIN = "elsewhere.test"
 SINK_HOSTNAME = f"mx.{OUTSIDE_DOMAIN}"
 BLOCKLIST_ZONE = "blocklist.elsewhere.test"
+# An outside sender's domain that forbids all but its own server (SPF -all,
+# DMARC p=reject): mail from it that the relay forwards must still pass.
+STRICT_DOMAIN = f"strict.{OUTSIDE_DOMAIN}"
 BLOCKLIST_SYMBOL = "OIGNONS_E2E_BLOCKLIST"
 LIST_ADDRESS = f"machines@{DOMAIN}"
 LIST_ADMIN = f"list-admin@{OUTSIDE_DOMAIN}"
@@ -142,14 +145,21 @@ def make_key_pair(directory: Path, name: str) -> KeyPair:
 
 
 def write_test_site(relay_pin: str, node_pin: str, target: Path) -> Path:
-    """sites/nos-oignons.toml with the test keys' pins, and nothing else changed."""
+    """sites/nos-oignons.toml with the test keys' pins, and the relay's outside address in SPF.
+
+    In the test network the relay sends to the outside world from its second
+    address (RELAY_WORLD_ADDRESS), which its name's A record does not hold.
+    """
     text = SITE_SOURCE.read_text(encoding="utf-8")
+    spf = f'spf = "v=spf1 mx ip4:{RELAY_WORLD_ADDRESS} -all"'
+    text, spf_count = re.subn(r'(?m)^spf = "v=spf1 mx -all"$', spf, text)
     text, relay_count = re.subn(r"(?m)^relay_pins = \[.*\]$", f'relay_pins = ["{relay_pin}"]', text)
     text, node_count = re.subn(r"(?m)^node_pins = \{.*\}$", f'node_pins = {{ {SMARTHOST_NAME} = "{node_pin}" }}', text)
-    if (relay_count, node_count) != (1, 1):
+    if (relay_count, node_count, spf_count) != (1, 1, 1):
         raise AssertionError(
-            f"{SITE_SOURCE} no longer has one `relay_pins = [...]` line and one `node_pins = {{...}}` line"
-            f" (found {relay_count} and {node_count}): update tests/e2e/testbed.py"
+            f"{SITE_SOURCE} no longer has one `relay_pins = [...]` line, one `node_pins = {{...}}` line"
+            f' and one `spf = "v=spf1 mx -all"` line (found {relay_count}, {node_count} and {spf_count}):'
+            " update tests/e2e/testbed.py"
         )
     target.write_text(text, encoding="utf-8")
     tool("validate", str(target)).check(f"oignons-mail validate {target}")
@@ -233,6 +243,9 @@ def unbound_zone(site_records: Sequence[str], extra_records: Sequence[tuple[str,
         f"listed.{OUTSIDE_DOMAIN}. A {LISTED_CLIENT_ADDRESS}",
         f"clean.{OUTSIDE_DOMAIN}. A {CLEAN_CLIENT_ADDRESS}",
         f"orange.fr. MX 10 {SINK_HOSTNAME}.",
+        f"{STRICT_DOMAIN}. MX 10 {SINK_HOSTNAME}.",
+        f'{STRICT_DOMAIN}. TXT "v=spf1 ip4:{CLEAN_CLIENT_ADDRESS} -all"',
+        f'_dmarc.{STRICT_DOMAIN}. TXT "v=DMARC1; p=reject"',
         # The blocklist lists the "listed" client, and 127.0.0.2 as every DNSBL does.
         f"{_reverse(LISTED_CLIENT_ADDRESS)}.{BLOCKLIST_ZONE}. A 127.0.0.2",
         f'{_reverse(LISTED_CLIENT_ADDRESS)}.{BLOCKLIST_ZONE}. TXT "listed for the oignons-mail e2e test"',

@@ -22,6 +22,7 @@ PACKAGE = "oignons-mail-relay"
 KEY_DIRECTORY = "/var/lib/rspamd/dkim"
 KEY = f"{KEY_DIRECTORY}/nos-oignons.net.bulbe1.key"
 ROTATED_KEY = f"{KEY_DIRECTORY}/nos-oignons.net.bulbe2.key"
+ARC_KEY = f"{KEY_DIRECTORY}/nos-oignons.net.arc.key"  # rspamd's ARC seals (arc.conf)
 FAKE_RSPAMADM = """#!/bin/sh
 # Stand-in for rspamd's rspamadm: only `dkim_keygen -b BITS -s SEL -d DOMAIN -k FILE`.
 set -e
@@ -87,6 +88,7 @@ def test_keys_made_when_rspamd_comes_later_kept_on_remove_deleted_on_purge(
     assert made.startswith("_rspamd:_rspamd 640 "), f"{made}\n{installed.stdout}{installed.stderr}"
     public = system.run(f"openssl pkey -pubin -in {KEY_DIRECTORY}/nos-oignons.net.bulbe1.pub -noout").returncode
     assert public == 0, "no public key beside the private one"
+    assert key_state(system, ARC_KEY).startswith("_rspamd:_rspamd 640 "), "no ARC key"
 
     system.run(f"apt-get install -y -q --reinstall {relay}").check("reinstall the relay package")
     assert key_state(system, KEY) == made, "the key changed on reinstall"
@@ -100,3 +102,4 @@ def test_keys_made_when_rspamd_comes_later_kept_on_remove_deleted_on_purge(
     system.run(f"dpkg -P {PACKAGE}").check("dpkg -P")
     assert key_state(system, KEY) == "absent", "the key survived purge"
     assert key_state(system, ROTATED_KEY) == "absent", "the rotated key survived purge"
+    assert key_state(system, ARC_KEY) == "absent", "the ARC key survived purge"

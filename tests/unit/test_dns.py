@@ -129,8 +129,12 @@ def lookup_in(answers: dict[tuple[str, str], list[str]]) -> dns.Lookup:
     return lookup
 
 
+def validated(name: str, record_type: str) -> bool:
+    return True
+
+
 def statuses(site: Site, answers: dict[tuple[str, str], list[str]]) -> dict[str, str]:
-    return {f.record.what: f.status for f in dns.check_records(records(site), lookup_in(answers))}
+    return {f.record.what: f.status for f in dns.check_records(records(site), lookup_in(answers), validated)}
 
 
 def test_check_finds_every_record_fine(site: Site) -> None:
@@ -158,7 +162,9 @@ def test_check_names_a_missing_and_a_different_record(site: Site) -> None:
         "SPF of nos-oignons.fr": "different",
         "TLSA of bulbe.nos-oignons.net port 465": "different",
     }
-    finding = next(f for f in dns.check_records(records(site), lookup_in(answers)) if f.status == "different")
+    finding = next(
+        f for f in dns.check_records(records(site), lookup_in(answers), validated) if f.status == "different"
+    )
     assert "found:    v=spf1 a ~all" in finding.line()
 
 
@@ -173,6 +179,212 @@ def test_check_of_an_unanswering_server_is_an_error_not_a_traceback(
     assert status == 1
     assert "oignons-mail: error: 127.0.0.254 did not answer nos-oignons.net. MX" in captured.err
     assert "Traceback" not in captured.err
+
+
+def site_with(**dns_keys: object) -> Site:
+    with SITE_FILE.open("rb") as file:
+        data: dict[str, Any] = copy.deepcopy(tomllib.load(file))
+    data["dns"].update(dns_keys)
+    return parse_site(data, "site.toml")
+
+
+def findings_of(
+    site: Site, answers: dict[tuple[str, str], list[str]], name: str, record_type: str
+) -> list[dns.Finding]:
+    found = dns.check_records(records(site), lookup_in(answers), validated)
+    return [f for f in found if f.record.name == name and f.record.type == record_type]
+
+
+@pytest.mark.parametrize(
+    ("name", "second"),
+    [
+        ("nos-oignons.org.", "v=spf1 a -all"),
+        ("nos-oignons.org.", "v=spf1 mx -all"),  # the same twice is a permerror too
+        ("_dmarc.nos-oignons.fr.", "v=DMARC1; p=reject"),
+    ],
+)
+def test_check_calls_two_spf_or_dmarc_records_at_one_name_different(site: Site, name: str, second: str) -> None:
+    answers = serving(site)
+    assert [f.status for f in findings_of(site, answers, name, "TXT")] == ["fine"]  # positive control
+    answers[(name, "TXT")] = [*answers[(name, "TXT")], second]
+    (finding,) = findings_of(site, answers, name, "TXT")
+    assert finding.status == "different"
+    assert finding.found == tuple(answers[(name, "TXT")])
+    assert "2 v=" in finding.line()
+    assert "receivers use none of them" in finding.line()
+
+
+def test_check_calls_a_tlsa_answer_without_the_ad_bit_unsigned(site: Site) -> None:
+    answers = serving(site)
+    name = "_25._tcp.bulbe.nos-oignons.net."
+
+    def only_dkim_validated(lookup_name: str, record_type: str) -> bool:
+        return record_type != "TLSA"
+
+    signed = dns.check_records(records(site), lookup_in(answers), validated)
+    unsigned = dns.check_records(records(site), lookup_in(answers), only_dkim_validated)
+    assert {f.status for f in signed if f.record.type == "TLSA"} == {"fine"}
+    assert {f.status for f in unsigned if f.record.type == "TLSA"} == {"unsigned"}
+    assert {f.status for f in unsigned if f.record.type != "TLSA"} == {"fine"}  # only TLSA needs DNSSEC
+    line = next(f.line() for f in unsigned if f.record.name == name)
+    assert line.startswith(f"unsigned  TLSA of bulbe.nos-oignons.net port 25: {name} TLSA")
+    assert "not DNSSEC-validated" in line
+    # Without a way to know, nothing is validated: the default is unsigned, never fine.
+    assert {f.status for f in dns.check_records(records(site), lookup_in(answers)) if f.record.type == "TLSA"} == {
+        "unsigned"
+    }
+    # A wrong TLSA is different, signed or not.
+    answers[(name, "TLSA")] = [dns.tlsa_value(NEXT_SPKI)]
+    assert [f.status for f in dns.check_records(records(site), lookup_in(answers)) if f.record.name == name] == [
+        "different"
+    ]
+
+
+RELAY_IPV4 = "192.0.2.25"
+RELAY_IPV6 = "2001:db8::25"
+PTR_IPV4 = "25.2.0.192.in-addr.arpa."
+PTR_IPV6 = "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+
+
+def reverse_dns(**changes: list[str]) -> dict[tuple[str, str], list[str]]:
+    answers = {
+        ("bulbe.nos-oignons.net.", "A"): [RELAY_IPV4],
+        ("bulbe.nos-oignons.net.", "AAAA"): [RELAY_IPV6],
+        (PTR_IPV4, "PTR"): ["bulbe.nos-oignons.net."],
+        (PTR_IPV6, "PTR"): ["BULBE.nos-oignons.net"],
+    }
+    for key, value in changes.items():
+        kind, _, family = key.partition("_")
+        name = "bulbe.nos-oignons.net." if kind == "forward" else PTR_IPV4 if family == "4" else PTR_IPV6
+        record_type = {"forward_4": "A", "forward_6": "AAAA"}.get(key, "PTR")
+        answers[(name, record_type)] = value
+    return answers
+
+
+def reverse_statuses(site: Site, answers: dict[tuple[str, str], list[str]]) -> list[tuple[str, str]]:
+    return [(f.record.name, f.status) for f in dns.check_reverse(site, lookup_in(answers))]
+
+
+def test_reverse_dns_of_each_relay_address_is_fine_when_forward_confirmed(site: Site) -> None:
+    assert reverse_statuses(site, reverse_dns()) == [(PTR_IPV4, "fine"), (PTR_IPV6, "fine")]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"reverse_4": []}, [(PTR_IPV4, "missing"), (PTR_IPV6, "fine")]),
+        ({"reverse_6": ["host-25.provider.example."]}, [(PTR_IPV4, "fine"), (PTR_IPV6, "different")]),
+        ({"reverse_4": ["bulbe.nos-oignons.net.", "other.example."]}, [(PTR_IPV4, "different"), (PTR_IPV6, "fine")]),
+        ({"forward_6": []}, [(PTR_IPV4, "fine")]),  # no AAAA: only the IPv4 address is the relay's
+    ],
+)
+def test_reverse_dns_names_a_missing_or_wrong_ptr(
+    site: Site, changes: dict[str, list[str]], expected: list[tuple[str, str]]
+) -> None:
+    assert reverse_statuses(site, reverse_dns(**changes)) == expected
+
+
+def test_reverse_dns_of_the_site_addresses_must_be_confirmed_by_the_forward_name() -> None:
+    site = site_with(relay_addresses=[RELAY_IPV4, RELAY_IPV6])
+    assert reverse_statuses(site, reverse_dns()) == [(PTR_IPV4, "fine"), (PTR_IPV6, "fine")]
+    # The PTR names the relay, but the relay's name does not have that address: not confirmed.
+    (finding, _) = dns.check_reverse(site, lookup_in(reverse_dns(forward_4=["192.0.2.99"])))
+    assert finding.status == "different"
+    assert "bulbe.nos-oignons.net. has no A record 192.0.2.25" in finding.line()
+    # The site's addresses are printed and checked as A and AAAA of the relay.
+    published = [(r.name, r.type, r.value) for r in records(site) if r.type in ("A", "AAAA")]
+    assert published == [
+        ("bulbe.nos-oignons.net.", "A", RELAY_IPV4),
+        ("bulbe.nos-oignons.net.", "AAAA", RELAY_IPV6),
+    ]
+
+
+def test_a_relay_without_an_address_is_missing(site: Site) -> None:
+    (finding,) = dns.check_reverse(site, lookup_in({}))
+    assert (finding.status, finding.record.type) == ("missing", "A")
+
+
+def test_zone_text_prints_the_relay_addresses_and_the_ptr_to_ask_for() -> None:
+    site = site_with(relay_addresses=[RELAY_IPV4, "2001:DB8:0::25"])
+    lines = dns.zone_text(site, records(site)).splitlines()
+    assert "bulbe.nos-oignons.net. 3600 IN A 192.0.2.25" in lines
+    assert "bulbe.nos-oignons.net. 3600 IN AAAA 2001:db8::25" in lines
+    assert f"; {PTR_IPV4} 3600 IN PTR bulbe.nos-oignons.net." in lines
+    assert f"; {PTR_IPV6} 3600 IN PTR bulbe.nos-oignons.net." in lines
+    plain = load_site(SITE_FILE)
+    assert not any(" PTR " in line or " A " in line for line in dns.zone_text(plain, records(plain)).splitlines())
+
+
+def test_each_node_that_may_send_anywhere_gets_an_spf_record_including_the_site_domain() -> None:
+    with SITE_FILE.open("rb") as file:
+        data: dict[str, Any] = copy.deepcopy(tomllib.load(file))
+    assert data["relay"]["node_pins"] == {}
+    assert [r for r in records(parse_site(data, "site.toml")) if r.what.startswith("SPF of node")] == []
+    data["relay"]["node_pins"] = {"marcuse": "aa:" * 31 + "aa", "ekumen": "bb:" * 31 + "bb"}
+    found = [(r.name, r.value) for r in records(parse_site(data, "site.toml")) if r.what.startswith("SPF of node")]
+    assert found == [
+        ("ekumen.nos-oignons.net.", "v=spf1 include:nos-oignons.net -all"),
+        ("marcuse.nos-oignons.net.", "v=spf1 include:nos-oignons.net -all"),
+    ]
+
+
+def test_dmarc_reports_to_another_domain_print_its_authorisation(site: Site) -> None:
+    found = [(r.name, r.value) for r in records(site) if "_report._dmarc" in r.name]
+    # rua is postmaster@nos-oignons.net: .org and .fr must authorise it, .net needs nothing.
+    assert found == [
+        ("nos-oignons.org._report._dmarc.nos-oignons.net.", "v=DMARC1;"),
+        ("nos-oignons.fr._report._dmarc.nos-oignons.net.", "v=DMARC1;"),
+    ]
+    answers = serving(site)
+    assert set(statuses(site, answers).values()) == {"fine"}
+    del answers[("nos-oignons.fr._report._dmarc.nos-oignons.net.", "TXT")]
+    wrong = {what: status for what, status in statuses(site, answers).items() if status != "fine"}
+    assert wrong == {"DMARC report authorisation of nos-oignons.fr at nos-oignons.net": "missing"}
+
+
+def test_dmarc_reports_within_the_domain_or_its_parent_need_no_authorisation() -> None:
+    for rua in ("dmarc@bulbe.nos-oignons.net", "dmarc@nos-oignons.net"):
+        with SITE_FILE.open("rb") as file:
+            data: dict[str, Any] = copy.deepcopy(tomllib.load(file))
+        data["dns"]["dmarc_rua"] = rua
+        data["dkim"]["domains"] = ["nos-oignons.net", "bulbe.nos-oignons.net"]
+        site = parse_site(data, "site.toml")
+        assert [r for r in records(site) if "_report._dmarc" in r.name] == []
+
+
+def test_tlsrpt_only_when_the_site_asks_for_it(site: Site) -> None:
+    assert [r for r in records(site) if r.name.startswith("_smtp._tls.")] == []
+    for rua, value in [
+        ("tls-reports@nos-oignons.net", "v=TLSRPTv1; rua=mailto:tls-reports@nos-oignons.net"),
+        ("https://reports.nos-oignons.net/tlsrpt", "v=TLSRPTv1; rua=https://reports.nos-oignons.net/tlsrpt"),
+    ]:
+        with_tlsrpt = site_with(tlsrpt_rua=rua)
+        tlsrpt = [(r.name, r.value) for r in records(with_tlsrpt) if r.name.startswith("_smtp._tls.")]
+        assert tlsrpt == [(f"_smtp._tls.{d}.", value) for d in site.relay.destinations]
+
+
+def test_txt_strings_are_cut_at_255_bytes_not_characters() -> None:
+    text = "v=spf1 " + "é" * 200  # 407 bytes of UTF-8, 207 characters
+    chunks = dns.txt_chunks(text)
+    assert [len(c.encode("utf-8")) for c in chunks] == [255, 152]
+    assert "".join(chunks) == text
+    assert dns.txt_chunks("a" * 255) == ["a" * 255]
+    assert dns.txt_chunks("") == [""]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("tlsrpt_rua", "mailto:x@nos-oignons.net", "neither a mail address nor an https: URI"),
+        ("relay_addresses", ["bulbe.nos-oignons.net"], "not an IPv4 or IPv6 address"),
+        ("relay_addresses", ["127.0.0.1"], "not an address others can reach"),
+    ],
+)
+def test_broken_report_and_address_settings_are_refused(key: str, value: object, rule: str) -> None:
+    with pytest.raises(SiteError) as error:
+        site_with(**{key: value})
+    assert error.value.key.startswith(f"dns.{key}")
+    assert rule in error.value.rule
 
 
 # --- the key files and the CLI's zone lines -------------------------------------
