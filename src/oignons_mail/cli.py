@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oignons_mail import dns, pin, release, repo
+from oignons_mail import dns, health_cli, pin, release, repo
 from oignons_mail.build import build_packages, release_entry
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.render import render, render_source_package
@@ -200,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     repo_parser.add_argument("--source", type=Path, default=Path("."), help="source package tree (default: .)")
     repo_parser.add_argument("--dist", type=Path, default=Path("dist"), help="the .debs (default: %(default)s)")
     repo_parser.add_argument("--repo", type=Path, default=Path("dist/repo"), help="repository (default: %(default)s)")
+    health_cli.add_parsers(add)
     return top
 
 

@@ -99,6 +99,11 @@ def host_name(value: str) -> str:
     return value
 
 
+def version_pattern_matches(value: str) -> bool:
+    """A version as the heartbeat carries it (Debian's characters)."""
+    return _VERSION_RE.fullmatch(value) is not None
+
+
 def parse_time(value: str) -> float:
     if not _TIME_RE.fullmatch(value):
         raise HeartbeatError(f"time {value!r} is not ISO 8601 UTC (YYYY-MM-DDTHH:MM:SSZ)")
@@ -484,8 +489,8 @@ def report_changes(previous: Mapping[str, object] | None, current: Mapping[str, 
             else:
                 lines.append(f"{host}: became {new['state']}" + (f" (was {old_state})" if old_state else ""))
         old_version = None if old is None else old.get("version")
-        if old is not None and old_version != new["version"] and new["version"] is not None:
-            lines.append(f"{host}: version {old_version or 'unknown'} -> {new['version']}")
+        if old_version is not None and new["version"] is not None and old_version != new["version"]:
+            lines.append(f"{host}: version {old_version} -> {new['version']}")
     old_failing = set(_failing_of(previous))
     new_failing = set(_failing_of(current))
     lines += [f"status check {name}: started failing" for name in sorted(new_failing - old_failing)]
@@ -544,8 +549,9 @@ def fleet_metrics(states: Sequence[HostState]) -> list[Metric]:
     ]
 
 
-def write_metrics(metrics: Iterable[Metric], directory: Path = Path(PROMETHEUS_DIRECTORY)) -> bool:
+def write_metrics(metrics: Iterable[Metric], directory: Path | None = None) -> bool:
     """Write the metrics file atomically, when node-exporter's directory exists."""
+    directory = Path(PROMETHEUS_DIRECTORY) if directory is None else directory
     if not directory.is_dir():
         return False
     write_atomically(directory / FLEET_PROMETHEUS_FILE, prometheus_text(metrics))
