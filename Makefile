@@ -32,7 +32,7 @@ MYPY_VERSION = 2.4.1
 CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-pytest-xdist python3-dnspython python3-venv python3-pip \
 	debian-archive-keyring util-linux
 
-SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/dkim-keys debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
+SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/dkim-keys scripts/heartbeat debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
 
 .PHONY: deb check unit lint lintian system-test build-deps check-deps clean bench
 

@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 """Fleet health: the heartbeat format, the relay's record of heartbeats, fleet states, reports, metrics.
 
 Standard library only, and self-contained: the tool imports it (`oignons-mail
