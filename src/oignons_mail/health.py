@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import syslog
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -581,10 +582,12 @@ def sender_config(heartbeat_address: str) -> str:
 
 
 def _log(message: str) -> None:
-    """One line on stderr, escaped: pipe(8) output is logged by Postfix; the journal takes stderr."""
+    """One line to syslog (pipe(8) discards what a successful command prints) and stderr, escaped."""
     safe = message.encode("ascii", "backslashreplace").decode("ascii")
-    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)
-    print(f"{LOG_TAG}: {safe[:500]}", file=sys.stderr)
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)[:500]
+    syslog.openlog(LOG_TAG, syslog.LOG_PID, syslog.LOG_MAIL)
+    syslog.syslog(syslog.LOG_INFO, safe)
+    print(f"{LOG_TAG}: {safe}", file=sys.stderr)
 
 
 def receive(data: bytes, store: StateStore, now: float) -> str:

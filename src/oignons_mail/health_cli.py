@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,17 +87,20 @@ def report(states: list[health.HostState], args: argparse.Namespace, now: float)
     changes = health.report_changes(previous, current)
     health.write_metrics(health.fleet_metrics(states))
     if changes:
-        hostname = status.postconf(status.Host(), "myhostname").get("myhostname", "the relay")
-        send_report(hostname, changes, states, local)
+        hostname = status.postconf(status.Host(), "myhostname").get("myhostname", "localhost")
         for line in changes:
             print(line)
+        print(f"mailed root: <{send_report(hostname, changes, states, local)}>")
     health.write_atomically(args.report_state, json.dumps(current, indent=1, sort_keys=True) + "\n")
     return EXIT_OK
 
 
-def report_text(hostname: str, changes: list[str], states: list[health.HostState], local: list[status.Check]) -> str:
+def report_text(
+    hostname: str, changes: list[str], states: list[health.HostState], local: list[status.Check], message_id: str
+) -> str:
     lines = [
         "To: root",
+        f"Message-Id: <{message_id}>",
         f"Subject: oignons-mail fleet: {len(changes)} change(s) seen on {hostname}",
         "Auto-Submitted: auto-generated",
         "Content-Type: text/plain; charset=utf-8",
@@ -113,12 +117,15 @@ def report_text(hostname: str, changes: list[str], states: list[health.HostState
     return "\n".join(lines) + "\n"
 
 
-def send_report(hostname: str, changes: list[str], states: list[health.HostState], local: list[status.Check]) -> None:
-    text = report_text(hostname, changes, states, local)
+def send_report(hostname: str, changes: list[str], states: list[health.HostState], local: list[status.Check]) -> str:
+    """Give the report to sendmail; its Message-Id."""
+    message_id = f"fleet-report.{int(_now())}.{secrets.token_hex(4)}@{hostname}"
+    text = report_text(hostname, changes, states, local, message_id)
     try:
         subprocess.run([SENDMAIL, "-oi", "-t"], input=text, text=True, check=True, timeout=SENDMAIL_TIMEOUT)
     except (OSError, subprocess.SubprocessError) as error:
         raise UserMessageError(f"the report could not be given to {SENDMAIL}: {error}") from None
+    return message_id
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -160,7 +160,12 @@ def test_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: 
 
 def test_report_mails_only_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[str] = []
-    monkeypatch.setattr(health_cli, "send_report", lambda host, changes, states, local: sent.append("\n".join(changes)))
+
+    def send(host: str, changes: list[str], states: object, local: object) -> str:
+        sent.append("\n".join(changes))
+        return "id@bulbe"
+
+    monkeypatch.setattr(health_cli, "send_report", send)
     monkeypatch.setattr(status, "checks", lambda host, now: [status.Check("ok", "postfix", "running")])
     monkeypatch.setattr(status, "postconf", lambda host, *keys: {"myhostname": "bulbe"})
     monkeypatch.setattr(health, "PROMETHEUS_DIRECTORY", str(tmp_path / "none"))
@@ -177,7 +182,8 @@ def test_report_mails_only_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_report_text_names_the_host() -> None:
     states = health.fleet_states([], ["marcuse"], health.Thresholds(60, 60), NOW)
-    text = health_cli.report_text("bulbe", ["marcuse: became late"], states, [status.Check("ok", "postfix", "running")])
-    assert text.startswith("To: root\nSubject: oignons-mail fleet: 1 change(s) seen on bulbe\n")
+    local = [status.Check("ok", "postfix", "running")]
+    text = health_cli.report_text("bulbe", ["marcuse: became late"], states, local, "r@bulbe")
+    assert text.startswith("To: root\nMessage-Id: <r@bulbe>\nSubject: oignons-mail fleet: 1 change(s) seen on bulbe\n")
     assert "\n  marcuse: became late\n" in text
     assert "\n  ok   postfix running\n" in text
