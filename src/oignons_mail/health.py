@@ -275,9 +275,13 @@ class StateStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # Opened for reading: a lock file root made (--forget) stays usable by the receiver's user.
+        descriptor = os.open(self.directory / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(descriptor)
 
     def store(self, received: Received, now: float) -> Record:
         """Record a heartbeat unless it is not newer than the recorded one, or one host too many."""
