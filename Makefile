@@ -91,4 +91,5 @@ include $(wildcard mk/*.mk)
 bench:
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py
+	$(TOOL_PYTHONPATH) $(PYTHON) -P bench/fleet_health.py
 	$(PYTHON) bench/figures.py

@@ -211,8 +211,12 @@ def _colons(hexdigest: str) -> str:
 
 def check_confinement(host: Host) -> Check:
     for unit in CONFINEMENT_UNITS:
-        status, output = host.command(["systemctl", "show", "-p", "ActiveState", "-p", "DropInPaths", unit])
-        if status == 0 and "ActiveState=active" in output and CONFINEMENT_DROP_IN in output:
+        # The unit that runs master(8) (bookworm's postfix.service is a oneshot wrapper: no MainPID).
+        status, output = host.command(
+            ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "-p", "DropInPaths", unit]
+        )
+        running = "ActiveState=active" in output and "MainPID=0" not in output and "MainPID=" in output
+        if status == 0 and running and CONFINEMENT_DROP_IN in output:
             return Check("ok", "confinement", f"{unit} runs under {CONFINEMENT_DROP_IN}")
     return Check("fail", "confinement", f"no active Postfix unit runs under {CONFINEMENT_DROP_IN}")
 
