@@ -140,7 +140,8 @@ def check_applied(host: Host, role: str) -> Check:
     package = f"oignons-mail-{role}"
     status, output = host.command(["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Version}", package])
     state, _, version = output.strip().partition(" ")
-    if status != 0 or state.strip() != "ii":
+    version = version.strip()
+    if status != 0 or state != "ii":
         return Check("fail", "applied", f"{package} is not fully installed ({state or 'unknown'}): dpkg --configure -a")
     applied_path = host.path(f"/var/lib/{package}/main.cf.applied")
     shipped_path = host.path(f"/usr/share/{package}/main.cf")

@@ -62,6 +62,7 @@ def test_node_whose_relay_key_is_not_pinned(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(pin, "certificate_from_server", lambda host, port, timeout: certificate)
     found = {c.name: c for c in status.checks(fake_node(tmp_path, {}), NOW)}
     assert [c.level for c in found.values()] == ["ok", "ok", "ok", "fail"]
+    assert found["applied"].detail == "oignons-mail-smarthost 0.2.0"
     assert found["relay-pin"].detail.startswith("bulbe.nos-oignons.net presents key ")
     assert found["relay-pin"].detail.endswith("which no pin matches; the queue says: Server certificate not verified")
     assert found["queue"].detail == (
