@@ -531,7 +531,8 @@ def prometheus_text(metrics: Iterable[Metric]) -> str:
         lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} gauge"]
         for labels, value in metric.samples:
             label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{metric.name}{{{label_text}}} {value:g}" if label_text else f"{metric.name} {value:g}")
+            number = str(int(value)) if float(value).is_integer() else repr(float(value))
+            lines.append(f"{metric.name}{{{label_text}}} {number}" if label_text else f"{metric.name} {number}")
     return "\n".join(lines) + "\n"
 
 

@@ -250,6 +250,7 @@ def test_prometheus_text() -> None:
     assert 'oignons_mail_fleet_hosts{state="late"} 1\n' in text
     assert 'oignons_mail_fleet_hosts{state="ok"} 1\n' in text
     assert "# TYPE oignons_mail_fleet_hosts gauge\n" in text
+    assert 'oignons_mail_fleet_last_heard_timestamp_seconds{host="marcuse"} 1796126341\n' in text
     escaped = health.prometheus_text([health.Metric("m", "h", (({"a": 'x"\\\n'}, 1.5),))])
     assert escaped.endswith('m{a="x\\"\\\\\\n"} 1.5\n')
 
