@@ -212,11 +212,11 @@ def _colons(hexdigest: str) -> str:
 
 def check_confinement(host: Host) -> Check:
     for unit in CONFINEMENT_UNITS:
-        # The unit that runs master(8) (bookworm's postfix.service is a oneshot wrapper: no MainPID).
+        # The unit that runs master(8): bookworm's postfix.service is a oneshot wrapper of postfix@-.service.
         status, output = host.command(
-            ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "-p", "DropInPaths", unit]
+            ["systemctl", "show", "-p", "ActiveState", "-p", "Type", "-p", "DropInPaths", unit]
         )
-        running = "ActiveState=active" in output and "MainPID=0" not in output and "MainPID=" in output
+        running = "ActiveState=active" in output.splitlines() and "Type=oneshot" not in output.splitlines()
         if status == 0 and running and CONFINEMENT_DROP_IN in output:
             return Check("ok", "confinement", f"{unit} runs under {CONFINEMENT_DROP_IN}")
     return Check("fail", "confinement", f"no active Postfix unit runs under {CONFINEMENT_DROP_IN}")

@@ -188,3 +188,26 @@ def test_report_text_names_the_host() -> None:
     assert text.startswith("To: root\nMessage-Id: <r@bulbe>\nSubject: oignons-mail fleet: 1 change(s) seen on bulbe\n")
     assert "\n  marcuse: became late\n" in text
     assert "\n  ok   postfix running\n" in text
+
+
+def test_confinement_is_that_of_the_unit_running_master(tmp_path: Path) -> None:
+    drop_in = "DropInPaths=/usr/lib/systemd/system/postfix@.service.d/oignons-mail-relay.conf"
+    wrapper = (
+        0,
+        "Type=oneshot\nActiveState=active\nDropInPaths=/usr/lib/systemd/system/postfix.service.d/oignons-mail-relay.conf\n",
+    )
+
+    def bookworm(master_drop_ins: str) -> status.Host:
+        def run(argv: Sequence[str]) -> tuple[int, str]:
+            return (
+                wrapper
+                if argv[-1] == "postfix.service"
+                else (0, f"Type=forking\nActiveState=active\n{master_drop_ins}\n")
+            )
+
+        return status.Host(root=tmp_path, run=run)
+
+    assert status.check_confinement(bookworm(drop_in)) == status.Check(
+        "ok", "confinement", "postfix@-.service runs under oignons-mail-relay.conf"
+    )
+    assert status.check_confinement(bookworm("DropInPaths=")).level == "fail"
