@@ -33,7 +33,7 @@ MYPY_VERSION = 2.4.1
 CHECK_PACKAGES = shellcheck lintian mmdebstrap python3-pytest python3-pytest-xdist python3-dnspython python3-venv python3-pip \
 	debian-archive-keyring util-linux
 
-SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/postfix-apply-plan scripts/dkim-keys scripts/postsrsd-launcher debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
+SHELL_SCRIPTS = bin/oignons-mail scripts/postfix-apply scripts/postfix-apply-plan scripts/dkim-keys scripts/postsrsd-launcher scripts/heartbeat debian/*.postinst debian/*.prerm debian/*.postrm debian/*.config
 
 .PHONY: deb check unit lint lintian system-test build-deps check-deps clean bench
 
@@ -96,4 +96,5 @@ include $(wildcard mk/*.mk)
 bench: check-deps e2e-deps deb
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py
+	$(TOOL_PYTHONPATH) $(PYTHON) -P bench/fleet_health.py
 	$(PYTHON) bench/figures.py

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import oignons_mail
-from oignons_mail import changelog, dns, pin, repo
+from oignons_mail import changelog, dns, health_cli, pin, repo
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
 from oignons_mail.site import Site, load_site
 
@@ -306,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only check that the repository and the signing key belong to the site (make repo, before building)",
     )
+    health_cli.add_parsers(add)
     return top
 
 

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from oignons_mail import postfix
+from oignons_mail import health, postfix
 from oignons_mail.site import SCHLEUDER_SUFFIXES, Site
 
 RenderedTree = dict[str, str]
@@ -66,6 +66,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/postsrsd"] = srs_config(site)
     files["relay/arc.conf"] = arc_config(site)
     files["relay/arc-keys"] = arc_key_list(site)
+    files.update(fleet_files(site))
     return files
 
 
@@ -160,6 +161,13 @@ RESPONDER_USER = "oignons-responder"
 RESPONDER_COMMAND = "/usr/lib/oignons-mail-relay/responder"
 RESPONDER_CONFIG = "/usr/share/oignons-mail-relay/responder.json"
 RESPONDER_STATE = "/var/lib/oignons-mail-relay/responder"
+# The heartbeat receiver (oignons_mail/health.py, installed as a script) and its user.
+HEARTBEAT_USER = "oignons-heartbeat"
+HEARTBEAT_COMMAND = "/usr/lib/oignons-mail-relay/heartbeat-receiver"
+HEARTBEAT_PROCESS_LIMIT = "2"
+HEARTBEAT_TIME_LIMIT = "60s"
+# check_ccert_access: node pin -> PREPEND of the node's name (health.NODE_HEADER).
+HEARTBEAT_NODES = "heartbeat_nodes"
 # TLS 1.2 ciphers with an ephemeral key exchange and an AEAD mode (OpenSSL
 # cipher string, both releases' OpenSSL 3): no static RSA, no CBC.
 SMTPS_CIPHER_LIST = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
@@ -192,6 +200,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
     # A site without Schleuder lists has no Schleuder table, transport or limit.
     schleuder = [postfix.table("schleuder")] if relay.schleuder_lists else []
     responder = postfix.table("responder")
+    heartbeat = postfix.table("heartbeat")
     client_limits = relay.client_limits
     exempt = "permit_mynetworks, permit_tls_clientcerts"
     sender_restrictions = f"{exempt}, reject_non_fqdn_sender, reject_unknown_sender_domain"
@@ -210,7 +219,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("recipient_delimiter", relay.recipient_delimiter),
         # Only aliases, Schleuder lists and the responder receive mail: no
         # passwd lookup.  The postinst appends Mailman 3's table while mailman3 is installed.
-        ("local_recipient_maps", postfix.comma_list(["$alias_maps", *schleuder, responder])),
+        ("local_recipient_maps", postfix.comma_list(["$alias_maps", *schleuder, responder, heartbeat])),
         ("smtpd_banner", f"$myhostname ESMTP $mail_name ({relay.banner_suffix})"),
         # Closed relay: only local programs and the fleet's nodes (by their
         # client certificate) relay; everyone else gets a hard 5xx, not
@@ -223,7 +232,10 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_forbid_bare_newline_exclusions", "$mynetworks"),
         # A client that sends DATA before the server's replies invited it
         # (without PIPELINING) is a spam engine, or a smuggling attempt.
-        ("smtpd_data_restrictions", "reject_unauth_pipelining"),
+        # ... and a node's mail gets its name from relay.node_pins by its
+        # certificate, in a header above the relay's Received: (the heartbeat
+        # receiver trusts only that copy).
+        ("smtpd_data_restrictions", f"reject_unauth_pipelining, check_ccert_access {postfix.table(HEARTBEAT_NODES)}"),
         # VRFY would tell which aliases exist (the relay answered 252 to all).
         ("disable_vrfy_command", "yes"),
         ("smtpd_helo_required", "yes"),
@@ -267,12 +279,14 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("non_smtpd_milters", "$smtpd_milters"),
         # Mail keeps flowing, unscanned, when rspamd is down or not installed.
         ("milter_default_action", "accept"),
-        ("transport_maps", postfix.comma_list([postfix.table("transport"), *schleuder, responder])),
+        ("transport_maps", postfix.comma_list([postfix.table("transport"), *schleuder, responder, heartbeat])),
         *([("schleuder_destination_recipient_limit", "1")] if schleuder else []),
         ("responder_destination_recipient_limit", "1"),
         # pipe(8) kills a responder that runs longer (the default, 1000s, let
         # hostile messages hold a process for minutes).
         ("responder_time_limit", f"{relay.responder.time_limit_seconds}s"),
+        ("heartbeat_destination_recipient_limit", "1"),
+        ("heartbeat_time_limit", HEARTBEAT_TIME_LIMIT),
         ("default_destination_concurrency_limit", str(relay.default_destination_concurrency_limit)),
         *alias_settings(),
         *srs_settings(),
@@ -329,6 +343,14 @@ def relay_master_cf(site: Site) -> list[str]:
                 "${queue_id}",
             ),
         ),
+        postfix.master_cf_entry(
+            "heartbeat",
+            "unix",
+            "pipe",
+            unprivileged="n",
+            process_limit=HEARTBEAT_PROCESS_LIMIT,
+            arguments=("flags=Rq", f"user={HEARTBEAT_USER}", f"argv={HEARTBEAT_COMMAND}"),
+        ),
         # Each throttled transport logs under its own name (postfix/slow/smtp),
         # so that the mail log tells which deliveries it carried.
         *(
@@ -359,12 +381,14 @@ def relay_tables(site: Site) -> list[Table]:
         (f"{local}@{domain}", "responder:") for local in relay.responder.local_parts for domain in relay.destinations
     ]
     local_only = sorted({*site.users_to_root, "root"} - RFC2142_MAILBOXES)
+    # The heartbeat address, too, takes mail from the host and the nodes only
+    # (its local part at every domain: none of its other forms exists).
+    local_only_entries = [(f"{u}@", UNKNOWN_USER_REPLY) for u in local_only]
+    local_only_entries.append((site.fleet.heartbeat_address.rpartition("@")[0] + "@", UNKNOWN_USER_REPLY))
     return [
         alias_table(site),
         # user@ matches the local part at every domain (access(5)).
-        Table(
-            "local_only_recipients", "postmap", postfix.map_lines([(f"{u}@", UNKNOWN_USER_REPLY) for u in local_only])
-        ),
+        Table("local_only_recipients", "postmap", postfix.map_lines(local_only_entries)),
         Table(
             "schleuder_superadmin",
             "postmap",
@@ -381,6 +405,12 @@ def relay_tables(site: Site) -> list[Table]:
         Table("transport", "postmap", postfix.map_lines(routes)),
         *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),
         Table("responder", "postmap", postfix.map_lines(responder)),
+        Table("heartbeat", "postmap", postfix.map_lines([(site.fleet.heartbeat_address, "heartbeat:")])),
+        Table(
+            HEARTBEAT_NODES,
+            "postmap",
+            postfix.map_lines([(pin, f"PREPEND {health.NODE_HEADER}: {node}") for node, pin in relay.node_pins]),
+        ),
     ]
 
 
@@ -598,3 +628,20 @@ def arc_config(site: Site) -> str:
 def arc_key_list(site: Site) -> str:
     """The ARC keys the relay makes when they are missing: `domain selector bits` lines (never rotated)."""
     return key_list(site, "ARC", ARC_SELECTOR)
+
+
+def fleet_files(site: Site) -> RenderedTree:
+    """The heartbeat sender's settings (both roles) and `oignons-mail fleet`'s (the relay)."""
+    fleet = site.fleet
+    sender = health.sender_config(fleet.heartbeat_address)
+    config = {
+        "heartbeat_address": fleet.heartbeat_address,
+        "late_after_seconds": fleet.late_after_seconds,
+        "queue_after_seconds": fleet.queue_after_seconds,
+        "nodes": list(fleet.nodes),
+    }
+    return {
+        "smarthost/heartbeat.conf": sender,
+        "relay/heartbeat.conf": sender,
+        "relay/fleet.json": json.dumps(config, indent=2) + "\n",
+    }

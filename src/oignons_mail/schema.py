@@ -477,6 +477,47 @@ SCHEMA: tuple[Table, ...] = (
         ),
         optional=True,
     ),
+    Table(
+        "fleet",
+        "Fleet health: where the hosts' daily heartbeats go, and when `oignons-mail fleet` calls a host late.",
+        (
+            Key(
+                "heartbeat_address",
+                "a string",
+                "The relay's address for heartbeats; only local programs and the nodes of relay.node_pins may send"
+                " to it.",
+                f"{_ADDRESS}, in a domain of relay.destinations, without the recipient delimiter, not an alias, list"
+                " or responder address",
+                '"heartbeat@nos-oignons.net"',
+                '"heartbeat@" site.domain',
+            ),
+            Key(
+                "late_after",
+                "a string",
+                "A host not heard from for longer is late.",
+                _TIME,
+                '"36h"',
+                '"36h"',
+            ),
+            Key(
+                "queue_after",
+                "a string",
+                "A host whose oldest deferred message is older is in state queue.",
+                _TIME,
+                '"4h"',
+                '"4h"',
+            ),
+            Key(
+                "nodes",
+                "a list of strings",
+                "The hosts expected to send heartbeats: listed as late until heard from.",
+                f"{_LIST} of short host names (letters, digits and '-', at most 63); may be empty",
+                '["marcuse", "ekumen"]',
+                "[]: only the hosts heard from are listed",
+            ),
+        ),
+        optional=True,
+    ),
 )
 
 _TOP = Table("", "The top level.", ())

@@ -163,6 +163,16 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class Fleet:
+    """Fleet health ([fleet], optional): where heartbeats go, when a host counts as late."""
+
+    heartbeat_address: str  # on the relay; only local programs and the nodes may send to it
+    late_after_seconds: int  # `oignons-mail fleet`: not heard from for longer: late
+    queue_after_seconds: int  # deferred mail older than this: queue
+    nodes: tuple[str, ...]  # hosts expected to send heartbeats (late until heard from)
+
+
+@dataclass(frozen=True)
 class Site:
     """One association's mail setup, for both roles."""
 
@@ -176,6 +186,7 @@ class Site:
     package: Package
     dkim: Dkim
     dns: Dns
+    fleet: Fleet
 
 
 class RuleError(Exception):
@@ -630,10 +641,12 @@ def parse_site(data: dict[str, object], file: str) -> Site:
     package = _parse_package(top.table("package"))
     dkim = _parse_dkim(_optional_table(top, "dkim"), domain, relay.destinations)
     dns = _parse_dns(_optional_table(top, "dns"), domain)
+    fleet_table = _optional_table(top, "fleet")
     top.finish()
 
     _refuse_shared_local_parts(file, relay, users_to_root)
     _refuse_undeliverable(file, domain, root_alias, relay)
+    fleet = _parse_fleet(fleet_table, domain, relay, users_to_root)
     return Site(
         source=file,
         domain=domain,
@@ -645,6 +658,7 @@ def parse_site(data: dict[str, object], file: str) -> Site:
         package=package,
         dkim=dkim,
         dns=dns,
+        fleet=fleet,
     )
 
 
@@ -660,10 +674,7 @@ def _parse_package(table: _Table) -> Package:
 
 def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str, ...]) -> None:
     """A responder address must not also be an alias or a Schleuder list: one would hide the other."""
-    taken = dict.fromkeys((*users_to_root, "root"), "an alias (site.users_to_root)")
-    for address in relay.schleuder_lists:
-        local = address.partition("@")[0]
-        taken.update({local + suffix: f"a form of the Schleuder list {address}" for suffix in SCHLEUDER_SUFFIXES})
+    taken = _taken_local_parts(relay, users_to_root)
     for index, local in enumerate(relay.responder.local_parts):
         if local in taken:
             raise SiteError(
@@ -673,6 +684,15 @@ def _refuse_shared_local_parts(file: str, relay: Relay, users_to_root: tuple[str
                 f"is also {taken[local]}",
                 "give the responder another local part",
             )
+
+
+def _taken_local_parts(relay: Relay, users_to_root: tuple[str, ...]) -> dict[str, str]:
+    """The local parts the aliases and the Schleuder lists use, each with what uses it."""
+    taken = dict.fromkeys((*users_to_root, "root"), "an alias (site.users_to_root)")
+    for address in relay.schleuder_lists:
+        local = address.partition("@")[0]
+        taken.update({local + suffix: f"a form of the Schleuder list {address}" for suffix in SCHLEUDER_SUFFIXES})
+    return taken
 
 
 def _refuse_undeliverable(file: str, domain: str, root_alias: str, relay: Relay) -> None:
@@ -968,3 +988,42 @@ def _parse_dns(table: _Table, site_domain: str) -> Dns:
     )
     table.finish()
     return dns
+
+
+# [fleet]'s defaults: a daily heartbeat with up to an hour's random delay is
+# late after a day and a half; a message deferred for hours is worth a look.
+FLEET_HEARTBEAT_LOCAL_PART = "heartbeat"  # the same as oignons_mail.health.HEARTBEAT_LOCAL_PART (a unit test)
+FLEET_LATE_AFTER = "36h"
+FLEET_QUEUE_AFTER = "4h"
+
+
+def _parse_fleet(table: _Table, site_domain: str, relay: Relay, users_to_root: tuple[str, ...]) -> Fleet:
+    address = table.optional_string("heartbeat_address", mail_address) or f"{FLEET_HEARTBEAT_LOCAL_PART}@{site_domain}"
+    local, _, address_domain = address.rpartition("@")
+    if address_domain not in relay.destinations:
+        raise table.error(
+            "heartbeat_address", address, "is not in a domain of relay.destinations", "the relay receives heartbeats"
+        )
+    taken = _taken_local_parts(relay, users_to_root)
+    taken.update(dict.fromkeys(relay.responder.local_parts, "a responder address (relay.responder.local_parts)"))
+    if relay.recipient_delimiter in local:
+        raise table.error(
+            "heartbeat_address",
+            address,
+            f"has the recipient delimiter {relay.recipient_delimiter!r} in its local part",
+            f'e.g. "{FLEET_HEARTBEAT_LOCAL_PART}@{site_domain}"',
+        )
+    if local in taken:
+        raise table.error(
+            "heartbeat_address", address, f"is also {taken[local]}", "give heartbeats an address of their own"
+        )
+    fleet = Fleet(
+        heartbeat_address=address,
+        late_after_seconds=postfix_time_seconds(table.optional_string("late_after", positive_time) or FLEET_LATE_AFTER),
+        queue_after_seconds=postfix_time_seconds(
+            table.optional_string("queue_after", positive_time) or FLEET_QUEUE_AFTER
+        ),
+        nodes=table.strings("nodes", host_label, allow_empty=True) if "nodes" in table.data else (),
+    )
+    table.finish()
+    return fleet

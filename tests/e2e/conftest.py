@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,13 +79,20 @@ def worker_directory() -> Path:
     return WORK / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-@pytest.fixture(scope="module", params=PAIRS, ids=[f"relay-{r}+smarthost-{s}" for r, s in PAIRS])
-def bed(request: pytest.FixtureRequest, artifacts: Artifacts) -> Iterator[Testbed]:
-    relay_release, smarthost_release = request.param
-    with testbed(artifacts, relay_release, smarthost_release) as result:
+@contextmanager
+def reported_testbed(artifacts: Artifacts, pair: tuple[str, str], with_tool: bool = False) -> Iterator[Testbed]:
+    """A test bed whose notes go to the run's report.txt at the end."""
+    relay_release, smarthost_release = pair
+    with testbed(artifacts, relay_release, smarthost_release, with_tool) as result:
         try:
             yield result
         finally:
             if result.notes:
                 with (artifacts.work / "report.txt").open("a", encoding="utf-8") as report:
                     report.writelines(f"{note}\n" for note in result.notes)
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=[f"relay-{r}+smarthost-{s}" for r, s in PAIRS])
+def bed(request: pytest.FixtureRequest, artifacts: Artifacts) -> Iterator[Testbed]:
+    with reported_testbed(artifacts, request.param) as result:
+        yield result

@@ -541,18 +541,43 @@ def new_message_id(label: str) -> str:
     return f"{label}.{secrets.token_hex(6)}@e2e.{OUTSIDE_DOMAIN}"
 
 
+# With the tool (the oignons-mail package) on both systems: its Python dependencies.
+TOOL_PACKAGES = ("python3", "python3-debian", "python3-jinja2")
+
+
+def install_tool(system: DebianSystem, artifacts: Artifacts) -> None:
+    """The oignons-mail package built beside the two others (`oignons-mail fleet`, `status`)."""
+    found = sorted((artifacts.work / "dist").glob("oignons-mail_*_all.deb"))
+    if len(found) != 1:
+        raise AssertionError(f"expected one oignons-mail package in {artifacts.work / 'dist'}, found {found}")
+    install_package(system, found[0])
+
+
 @contextmanager
-def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) -> Iterator[Testbed]:
-    """Two booted systems on the test network; everything is undone on exit, even after a failure."""
+def testbed(
+    artifacts: Artifacts,
+    relay_release: str,
+    smarthost_release: str,
+    with_tool: bool = False,  # noqa: PT028 - a context manager, not a test
+) -> Iterator[Testbed]:
+    """Two booted systems on the test network; everything is undone on exit, even after a failure.
+
+    with_tool: both systems also get the tool's package (and its dependencies in their base systems).
+    """
+    extra = TOOL_PACKAGES if with_tool else ()
     run_directory = artifacts.work / f"run-relay-{relay_release}-smarthost-{smarthost_release}"
+    if with_tool:
+        run_directory = run_directory.with_name(run_directory.name + "-tool")
     if run_directory.exists():
         shutil.rmtree(run_directory)
     run_directory.mkdir(parents=True)
     cleanup: list[tuple[str, Callable[[], list[str]]]] = []
     try:
-        relay_system = DebianSystem(base_tarball(relay_release, RELAY_PACKAGES), relay_release)
+        relay_system = DebianSystem(base_tarball(relay_release, (*RELAY_PACKAGES, *extra)), relay_release)
         cleanup.append(("remove the relay's directory", lambda: _remove(relay_system)))
-        smarthost_system = DebianSystem(base_tarball(smarthost_release, SMARTHOST_PACKAGES), smarthost_release)
+        smarthost_system = DebianSystem(
+            base_tarball(smarthost_release, (*SMARTHOST_PACKAGES, *extra)), smarthost_release
+        )
         cleanup.append(("remove the smarthost's directory", lambda: _remove(smarthost_system)))
         api_key = secrets.token_hex(32)
         install_logs = {
@@ -560,6 +585,8 @@ def testbed(artifacts: Artifacts, relay_release: str, smarthost_release: str) ->
             "smarthost": prepare_smarthost(smarthost_system, artifacts),
         }
         for system in (relay_system, smarthost_system):
+            if with_tool:
+                install_tool(system, artifacts)
             (system.root / "usr/sbin/policy-rc.d").unlink()  # the booted systems start their daemons
 
         network = TestNetwork.for_run(os.getpid())

@@ -23,7 +23,7 @@ WIKI_MAIN_CF = {
         " nos-oignons.fr, bulbe.nos-oignons.fr, bulbe.tetaneutral.net, localhost"
     ),
     "recipient_delimiter": "+",
-    "local_recipient_maps": f"$alias_maps, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
+    "local_recipient_maps": f"$alias_maps, hash:{TABLES}/schleuder, hash:{TABLES}/responder, hash:{TABLES}/heartbeat",
     "smtpd_sasl_auth_enable": "no",
     "smtpd_banner": "$myhostname ESMTP $mail_name (Debian GNU/Oignons)",
     # Closed relay: a hard 5xx for strangers; the nodes relay by client certificate.
@@ -41,7 +41,9 @@ WIKI_MAIN_CF = {
     "smtpd_milters": "unix:/run/rspamd/milter.sock",
     "non_smtpd_milters": "$smtpd_milters",
     "milter_default_action": "accept",
-    "transport_maps": f"hash:{TABLES}/transport, hash:{TABLES}/schleuder, hash:{TABLES}/responder",
+    "transport_maps": (
+        f"hash:{TABLES}/transport, hash:{TABLES}/schleuder, hash:{TABLES}/responder, hash:{TABLES}/heartbeat"
+    ),
     "schleuder_destination_recipient_limit": "1",
     "alias_maps": f"hash:{TABLES}/aliases.local, hash:{TABLES}/aliases, hash:/etc/aliases",
     "slow_destination_concurrency_limit": "2",
@@ -58,7 +60,7 @@ WIKI_MAIN_CF = {
 HARDENED_MAIN_CF = {
     "smtpd_forbid_bare_newline": "normalize",
     "smtpd_forbid_bare_newline_exclusions": "$mynetworks",
-    "smtpd_data_restrictions": "reject_unauth_pipelining",
+    "smtpd_data_restrictions": f"reject_unauth_pipelining, check_ccert_access hash:{TABLES}/heartbeat_nodes",
     "disable_vrfy_command": "yes",
     "smtpd_helo_required": "yes",
     "smtpd_sender_restrictions": (
@@ -87,6 +89,10 @@ MASTER_CF = {
     ),
     "slow/unix": "slow unix - - n - 5 smtp -o syslog_name=postfix/slow",
     "yahoo/unix": "yahoo unix - - n - 5 smtp -o syslog_name=postfix/yahoo",
+    "heartbeat/unix": (
+        "heartbeat unix - n n - 2 pipe flags=Rq user=oignons-heartbeat"
+        " argv=/usr/lib/oignons-mail-relay/heartbeat-receiver"
+    ),
 }
 ROUTES = {
     ("orange.fr", "transport"): "slow:",
@@ -103,6 +109,9 @@ ROUTES = {
     ("postmaster", "aliases"): "root",
     ("debian-tor@", "local_only_recipients"): "550 5.1.1 User unknown in local recipient table",
     ("root@", "local_only_recipients"): "550 5.1.1 User unknown in local recipient table",
+    # The heartbeat address: local programs and the nodes only (docs/fleet-health.md).
+    ("heartbeat@", "local_only_recipients"): "550 5.1.1 User unknown in local recipient table",
+    ("heartbeat@nos-oignons.net", "heartbeat"): "heartbeat:",
     ("root@localhost", "schleuder_superadmin"): (
         "DISCARD Schleuder superadmin notice, logged by Schleuder (journalctl -t Schleuder)"
     ),

@@ -126,8 +126,13 @@ def rendered_tables(role: str) -> set[str]:
 def test_the_tables_a_purge_removes_are_the_ones_the_tool_renders(role: str) -> None:
     """The postrm names the tables a failed removal may leave: every table render makes, no other."""
     postrm = (REPO / f"debian/oignons-mail-{role}.postrm").read_text(encoding="utf-8")
-    loop = re.search(r"for table in ([\w ]+); do\s+rm -f /etc/postfix/oignons-mail/\$table\.db", postrm)
-    named = set(loop[1].split()) if loop else set(re.findall(r"rm -f /etc/postfix/oignons-mail/(\w+)\.db", postrm))
+    # The list may go on over lines ending in a backslash.
+    loop = re.search(r"for table in ([\w \\\n]+); do\s+rm -f /etc/postfix/oignons-mail/\$table\.db", postrm)
+    named = (
+        set(loop[1].replace("\\", " ").split())
+        if loop
+        else set(re.findall(r"rm -f /etc/postfix/oignons-mail/(\w+)\.db", postrm))
+    )
     rendered = rendered_tables(role)
     assert rendered != set()
     assert named == rendered

@@ -28,7 +28,17 @@ def test_header_and_sections() -> None:
 def test_every_command_and_option_is_described() -> None:
     text = page()
     subparsers = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"validate", "render", "pin", "dns", "release", "build", "repo"}
+    assert set(subparsers.choices) == {
+        "validate",
+        "render",
+        "pin",
+        "dns",
+        "release",
+        "build",
+        "repo",
+        "fleet",
+        "status",
+    }
     for name, command in subparsers.choices.items():
         assert f"\n.SS {name}\n{roff_text(command.description or '')}\n" in text
         for action in command._actions:

@@ -355,7 +355,7 @@ CASES = [
         "extra",
         "1",
         "unknown key",
-        "known keys here: dkim, dns, package, relay, site, smarthost, tls",
+        "known keys here: dkim, dns, fleet, package, relay, site, smarthost, tls",
     ),
     Case(
         "unknown-in-site",
@@ -1186,9 +1186,9 @@ def test_misspelt_key_message(data: Data) -> None:
 
 
 def test_unknown_table_is_named_not_shown(data: Data) -> None:
-    error = parse_broken(data, set_("fleet", {"a": 1}))
+    error = parse_broken(data, set_("zzz", {"a": 1}))
     assert str(error) == (
-        "site.toml: fleet: unknown key\n  hint: known keys here: dkim, dns, package, relay, site, smarthost, tls"
+        "site.toml: zzz: unknown key\n  hint: known keys here: dkim, dns, fleet, package, relay, site, smarthost, tls"
     )
 
 
