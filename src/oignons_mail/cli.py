@@ -15,14 +15,14 @@ from pathlib import Path
 import oignons_mail
 from oignons_mail import changelog, dns, health_cli, pin, repo
 from oignons_mail.errors import EXIT_FAILURE, EXIT_OK, UsageError, UserMessageError
-from oignons_mail.site import Site, load_site
+from oignons_mail.site import INSTALLED_RELAY_SITE, load_site
 
 # The modules that need python3-jinja2 (render, writer), python3-debian
 # (build, release) or python3-dnspython (dns --check) are imported by the
 # commands that use them: pin, dns, validate run with python3 alone (a node).
 DEFAULT_SITE = Path("sites/nos-oignons.toml")
 # The site an installed relay speaks for (oignons-mail-relay installs it).
-INSTALLED_SITE = Path("/usr/share/oignons-mail-relay/site.toml")
+INSTALLED_SITE = Path(INSTALLED_RELAY_SITE)
 SITE_DEFAULT_HELP = f"default: {INSTALLED_SITE} when oignons-mail-relay is installed, else {DEFAULT_SITE}"
 # Top-level module -> the Debian package that provides it.
 OPTIONAL_MODULES = {"jinja2": "python3-jinja2", "debian": "python3-debian", "dns": "python3-dnspython"}
@@ -130,7 +130,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_dns(args: argparse.Namespace) -> int:
     """The records, or their check; what cannot be computed here is said on stderr, and the status is 1."""
     site = load_site(site_path(args))
-    relay_keys, missing = _relay_keys(site, args.cert)
+    relay_keys, missing = dns.relay_keys(site, args.cert)
     dkim_keys = dns.site_dkim_keys(site, args.dkim_dir, args.dkim_key, require=False)
     dkim_missing = dns.missing_dkim_keys(site, dkim_keys, args.dkim_dir)
     missing += [dkim_missing] if dkim_missing else []
@@ -148,19 +148,6 @@ def cmd_dns(args: argparse.Namespace) -> int:
     for problem in missing:
         print(f"oignons-mail: incomplete: {problem}", file=sys.stderr)
     return EXIT_FAILURE if missing else EXIT_OK
-
-
-def _relay_keys(site: Site, certificates: list[Path] | None) -> tuple[list[bytes], list[str]]:
-    """The relay's public keys for TLSA: the given certificates, else the site's when it is here."""
-    if certificates:
-        return [pin.subject_public_key_info(pin.certificate_from_file(path)) for path in certificates], []
-    default = Path(site.relay.tls_cert_file)
-    if not default.exists():
-        return [], [
-            f"no TLSA records: the relay's certificate {default} (relay.tls_cert_file) is not on this machine\n"
-            "  hint: run this on the relay, or give --cert FILE"
-        ]
-    return [pin.subject_public_key_info(pin.certificate_from_file(default))], []
 
 
 def cmd_repo(args: argparse.Namespace) -> int:

@@ -411,6 +411,26 @@ def check_site(site: Site, records: Iterable[DnsRecord], resolver: Resolver) -> 
     return check_records(records, resolver.lookup, resolver.validated) + check_reverse(site, resolver.lookup)
 
 
+def relay_keys(site: Site, certificates: Sequence[Path] | None) -> tuple[list[bytes], list[str]]:
+    """The relay's public keys for TLSA: the given certificates, else the site's when it is here."""
+    if certificates:
+        return [pin.subject_public_key_info(pin.certificate_from_file(path)) for path in certificates], []
+    default = Path(site.relay.tls_cert_file)
+    if not default.exists():
+        return [], [
+            f"no TLSA records: the relay's certificate {default} (relay.tls_cert_file) is not on this machine\n"
+            "  hint: run this on the relay, or give --cert FILE"
+        ]
+    return [pin.subject_public_key_info(pin.certificate_from_file(default))], []
+
+
+def site_check(site: Site, resolver: Resolver, dkim_directory: Path = DKIM_KEY_DIRECTORY) -> list[Finding]:
+    """`dns --check` of an installed relay: its certificate's TLSA, the DKIM keys it has (status uses it)."""
+    keys, _ = relay_keys(site, None)
+    records = site_records(site, keys, site_dkim_keys(site, dkim_directory, [], require=False))
+    return check_site(site, records, resolver)
+
+
 def resolver(server: str | None, timeout: float = 5.0) -> Resolver:
     """Lookups through the system's resolver, or through the DNS server at `server`.
 

@@ -33,6 +33,10 @@ from oignons_mail.schema import (
 
 T = TypeVar("T")
 
+# The site an installed relay speaks for: oignons-mail-relay installs its site
+# file there (debian/rules), for `oignons-mail dns`, `validate` and `status`.
+INSTALLED_RELAY_SITE = "/usr/share/oignons-mail-relay/site.toml"
+
 Digest = Literal["sha1", "sha256"]
 # The forms of a Schleuder list address that reach Schleuder.
 SCHLEUDER_SUFFIXES = ("", "-request", "-owner", "-bounce", "-sendkey")

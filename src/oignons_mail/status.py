@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oignons_mail import health, pin, site
+from oignons_mail import dns, health, pin, site
+from oignons_mail.errors import UserMessageError
 
 ROLES = ("relay", "smarthost")
 LEVELS = ("ok", "warn", "fail")
@@ -24,6 +25,8 @@ RELAY_CONNECT_TIMEOUT = 1.5
 # The relay's certificate: warn this long before it expires.
 CERTIFICATE_WARN_SECONDS = 14 * 86400
 CONFINEMENT_UNITS = ("postfix.service", "postfix@-.service")
+# Each DNS query of the dns check: the first one unanswered ends it (DNS unreachable).
+DNS_TIMEOUT = 2.0
 CONFINEMENT_DROP_IN = "oignons-mail-relay.conf"
 
 
@@ -282,6 +285,32 @@ def check_certificate(host: Host, now: float) -> Check:
     return Check("ok", "certificate", f"{path} valid until {when}")
 
 
+def check_dns(host: Host, resolver: Callable[[], dns.Resolver] | None = None) -> Check:
+    """`dns --check` of the installed site: fail on a record that contradicts it, warn on a missing or unsigned one.
+
+    The records are published outside this host, so a record not there yet is
+    a warning; one that says something else (a second SPF record, another
+    TLSA) breaks mail: a failure.
+    """
+    installed = host.path(site.INSTALLED_RELAY_SITE)
+    if not installed.is_file():
+        return Check("warn", "dns", f"{site.INSTALLED_RELAY_SITE} is missing: not checked")
+    try:
+        the_site = site.load_site(installed)
+        lookups = resolver() if resolver is not None else dns.resolver(None, timeout=DNS_TIMEOUT)
+        findings = dns.site_check(the_site, lookups, host.path(str(dns.DKIM_KEY_DIRECTORY)))
+    except ModuleNotFoundError:
+        return Check("warn", "dns", "not checked: python3-dnspython is not installed (apt install python3-dnspython)")
+    except UserMessageError as error:
+        return Check("warn", "dns", f"not checked: {str(error).splitlines()[0]}")
+    wrong = [f for f in findings if f.status != dns.FINE]
+    if not wrong:
+        return Check("ok", "dns", f"{len(findings)} records as oignons-mail dns prints them")
+    named = ", ".join(f"{f.record.what} {f.status}" for f in wrong[:3]) + (", ..." if len(wrong) > 3 else "")
+    level = "fail" if any(f.status == dns.DIFFERENT for f in wrong) else "warn"
+    return Check(level, "dns", f"{len(wrong)} of {len(findings)} records not fine: {named} (oignons-mail dns --check)")
+
+
 def queue_after_seconds(host: Host) -> int:
     """The site's threshold, from the rendered fleet settings when the relay has them."""
     try:
@@ -306,6 +335,7 @@ def checks(host: Host, now: float) -> list[Check]:
             check_dkim(host),
             check_resolver(host),
             check_certificate(host, now),
+            check_dns(host),
         ]
     return found
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from tests.unit.test_health import GOOD
+from tests.unit.test_health import GOOD, REPO
 from tests.unit.test_pin import make_certificate
 
-from oignons_mail import health, health_cli, pin, status
+from oignons_mail import dns, health, health_cli, pin, site, status
 from oignons_mail.cli import main
 
 NOW = health.parse_time("2026-12-01T12:00:00Z")
@@ -211,3 +211,56 @@ def test_confinement_is_that_of_the_unit_running_master(tmp_path: Path) -> None:
         "ok", "confinement", "postfix@-.service runs under oignons-mail-relay.conf"
     )
     assert status.check_confinement(bookworm("DropInPaths=")).level == "fail"
+
+
+def installed_relay(tmp_path: Path) -> tuple[status.Host, site.Site]:
+    """A relay whose installed site is the default one, its certificate absent (no TLSA), no DKIM key yet."""
+    installed = tmp_path / site.INSTALLED_RELAY_SITE.lstrip("/")
+    installed.parent.mkdir(parents=True)
+    installed.write_text((REPO / "sites" / "nos-oignons.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    return status.Host(root=tmp_path), site.load_site(installed)
+
+
+def published(the_site: site.Site, extra: dict[tuple[str, str], list[str]]) -> Callable[[], dns.Resolver]:
+    """A resolver answering with the site's own records (what oignons-mail dns prints), plus `extra`."""
+    keys, _ = dns.relay_keys(the_site, None)
+    answers: dict[tuple[str, str], list[str]] = {}
+    for record in dns.site_records(the_site, keys, []):
+        answers.setdefault((record.name, record.type), []).append(record.value)
+    for key, values in extra.items():
+        answers[key] = answers.get(key, []) + values
+
+    def lookup(name: str, record_type: str) -> list[str]:
+        return list(answers.get((name, record_type), []))
+
+    return lambda: dns.Resolver(lookup, lambda name, record_type: True)
+
+
+def test_relay_dns_check(tmp_path: Path) -> None:
+    host, the_site = installed_relay(tmp_path)
+    # The relay's address, forward-confirmed by its PTR.
+    address = {
+        ("bulbe.nos-oignons.net.", "A"): ["192.0.2.25"],
+        ("25.2.0.192.in-addr.arpa.", "PTR"): ["bulbe.nos-oignons.net."],
+    }
+    fine = status.check_dns(host, published(the_site, address))
+    assert fine.level == "ok", fine
+    spf = ("nos-oignons.net.", "TXT")
+    second = status.check_dns(host, published(the_site, address | {spf: ["v=spf1 a -all"]}))
+    assert second.level == "fail", second
+    assert "SPF of nos-oignons.net different" in second.detail
+    nothing = status.check_dns(host, lambda: dns.Resolver(lambda name, record_type: [], lambda n, t: False))
+    assert nothing.level == "warn", nothing
+    assert " missing" in nothing.detail
+    assert status.check_dns(status.Host(root=tmp_path / "elsewhere")).level == "warn"
+
+
+def test_relay_dns_check_unanswered(tmp_path: Path) -> None:
+    host, _ = installed_relay(tmp_path)
+
+    def unanswered(name: str, record_type: str) -> list[str]:
+        raise dns.DnsError(f"the system's resolver did not answer {name} {record_type}: timeout")
+
+    found = status.check_dns(host, lambda: dns.Resolver(unanswered, lambda n, t: False))
+    assert found.level == "warn"
+    assert found.detail.startswith("not checked: the system's resolver did not answer "), found
