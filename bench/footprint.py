@@ -7,7 +7,8 @@ standard system's mail setup), `apt-get install --assume-no` of each case
 prints what apt would install, Recommends included as apt installs them:
 the count of new packages and "After this operation, N MB".  DIST holds
 the default site's .debs (make deb); OTHER_DIST, optional, another site's
-(no Mailman, no Schleuder), for its relay.
+(no Mailman, no Schleuder), for its relay.  `make bench` takes the same
+figures for dist/ (bench/figures.py's "footprint" group).
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.system.debian_system import EXIM4_SYSTEM, DebianSystem, base_tarball
+
+if TYPE_CHECKING:
+    from bench.measure import Figure
 
 RELEASE = "bookworm"
 # What the packages had before python3 alone sufficed (the tool's Depends and Recommends then).
 FORMER_TOOL_DEPENDENCIES = "python3-debian python3-jinja2 python3-dnspython"
 _NEW_RE = re.compile(r"(\d+) newly installed")
-_SPACE_RE = re.compile(r"After this operation, ([0-9.,]+ [kMG]B) of additional disk space")
+_SPACE_RE = re.compile(r"After this operation, ([0-9.,]+) ([kMG]B) of additional disk space")
+_MEGABYTES = {"kB": 0.001, "MB": 1.0, "GB": 1000.0}
+DIST = Path(__file__).resolve().parents[1] / "dist"
 
 
 def deb(dist: Path, package: str) -> Path:
@@ -30,16 +37,18 @@ def deb(dist: Path, package: str) -> Path:
     return found
 
 
-def footprint(system: DebianSystem, arguments: str) -> str:
+def footprint(system: DebianSystem, arguments: str) -> tuple[int | None, float | None]:
+    """What apt would install: the count of new packages, and the disk space in MB."""
     result = system.run(f"apt-get install --assume-no {arguments} 2>&1 || true")
     new, space = _NEW_RE.search(result.stdout), _SPACE_RE.search(result.stdout)
-    packages = new.group(1) if new else "?"
-    return f"{packages} packages, {space.group(1) if space else '?'}"
+    megabytes = float(space.group(1).replace(",", "")) * _MEGABYTES[space.group(2)] if space else None
+    return (int(new.group(1)) if new else None), megabytes
 
 
-def main(argv: list[str]) -> int:
-    dists = [Path(a).resolve() for a in argv]
+def measure(dists: list[Path]) -> list[tuple[str, int | None, float | None]]:
+    """(case, new packages, MB) for each case, in a fresh bookworm system with exim4."""
     system = DebianSystem(base_tarball(RELEASE, EXIM4_SYSTEM), RELEASE)
+    found = []
     try:
         system.run("apt-get update -q").check("apt-get update")
         paths = {}
@@ -59,9 +68,28 @@ def main(argv: list[str]) -> int:
             other = f"{paths[(1, 'oignons-mail-relay')]} {paths[(1, 'oignons-mail')]}"
             cases.append(("apt install oignons-mail-relay, a site without Mailman or Schleuder", other))
         for what, arguments in cases:
-            print(f"{what}: {footprint(system, arguments)}", flush=True)
+            found.append((what, *footprint(system, arguments)))
     finally:
         system.remove()
+    return found
+
+
+def footprint_figures(runs: int) -> list[Figure]:
+    """make bench's figures for dist/ (one run: apt's answer does not vary)."""
+    # Here, not at the top: run as a script, bench/bench.py hides the bench package.
+    from bench.measure import Figure  # noqa: PLC0415
+
+    figures = []
+    for what, packages, megabytes in measure([DIST]):
+        figures.append(Figure(f"footprint: {what}, packages", "packages", "", [] if packages is None else [packages]))
+        figures.append(Figure(f"footprint: {what}, disk", "MB", "", [] if megabytes is None else [megabytes]))
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    for what, packages, megabytes in measure([Path(a).resolve() for a in argv]):
+        space = "?" if megabytes is None else f"{megabytes:.1f} MB"
+        print(f"{what}: {'?' if packages is None else packages} packages, {space}", flush=True)
     return 0
 
 

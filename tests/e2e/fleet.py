@@ -16,6 +16,11 @@ exim4, as a standard Debian install, and have no route to Debian's mirror).
 The packages are built three times from copies of the source tree: N (the
 test site), N+1 (a pin for the relay's next key, the slow transport's rate,
 one more user to root) and N+2 (the old pin dropped).
+
+Those are the default site's names and releases (DEFAULT_FLEET_SITE); a
+FleetSite names another site's relay and nodes, and build_published_site
+publishes its first release with README.md's `make repo` line
+(tests/e2e/test_other_site_fleet.py).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from tests.e2e.testbed import (
     RELAY_HOSTNAME,
     RELAY_PACKAGES,
     REPOSITORY,
-    SMARTHOST_NAME,
+    SMARTHOST_HOSTNAME,
     TOOL,
     TOOL_ENVIRONMENT,
     KeyPair,
@@ -63,13 +68,41 @@ from tests.system.debian_system import COMMAND_ENVIRONMENT, EXIM4_SYSTEM, Debian
 
 WORK = REPOSITORY / "build" / "e2e-fleet"
 RELAY_RELEASE = "trixie"
-NODES = {"marcuse": "bookworm", "ekumen": "trixie"}
-ADDRESSES = {"bulbe": "10.237.0.1", "marcuse": "10.237.0.2", "ekumen": "10.237.0.3"}
 RELAY_WORLD_ADDRESS = "10.237.1.1"
 SERVER_ADDRESS = "10.237.1.10"
 SERVER_PORT = 8080
 PREFIX = 16
 REPO_URI = f"http://{SERVER_ADDRESS}:{SERVER_PORT}/repo/"
+
+
+@dataclass(frozen=True)
+class FleetSite:
+    """Which site the fleet runs: its domain, the relay's short name, the nodes booted (name, release).
+
+    The relay gets 10.237.0.1, the nodes 10.237.0.2, .3, ... in this order.
+    """
+
+    domain: str
+    relay: str
+    nodes: tuple[tuple[str, str], ...]
+    schleuder_list: bool = True
+    # Lines the administrator adds to the relay's /etc/aliases (root's destination, when the site's own).
+    relay_aliases: tuple[str, ...] = ()
+    # The node's client certificate at the site's smarthost.tls_cert_file before the bootstrap
+    # (the default site's is ssl-cert's snakeoil, made by the bootstrap itself).
+    node_certificate: bool = False
+
+    @property
+    def relay_hostname(self) -> str:
+        return f"{self.relay}.{self.domain}"
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        names = [self.relay, *(name for name, _ in self.nodes)]
+        return {name: f"10.237.0.{index}" for index, name in enumerate(names, 1)}
+
+
+DEFAULT_FLEET_SITE = FleetSite(DOMAIN, "bulbe", (("marcuse", "bookworm"), ("ekumen", "trixie")))
 
 # The nodes: a standard Debian system with exim4, systemd to boot,
 # unattended-upgrades; the Debian packages apt will want for
@@ -171,10 +204,11 @@ class FleetArtifacts:
     relay_old: KeyPair
     relay_new: KeyPair
     node_key: KeyPair
-    releases: tuple[Release, Release, Release]  # N, N+1, N+2
+    releases: tuple[Release, ...]  # N, N+1, N+2 (the default site's)
     gnupg_home: Path
     archive: repo.Archive
     date: str
+    site: FleetSite = DEFAULT_FLEET_SITE
 
     def publish(self, release: Release, repository: Path) -> None:
         repo.publish(list(release.debs), repository, archive=self.archive, version=release.version,
@@ -211,6 +245,66 @@ def build_fleet_artifacts(work: Path = WORK) -> FleetArtifacts:
                           work / "gnupg", archive, entry.date)  # fmt: skip
 
 
+# --- Another site, published as README.md's quick start says ------------------
+
+README = REPOSITORY / "README.md"
+# The repository's address in README.md's commands; the test network's instead.
+README_REPO_URI = "https://apt.example.org/mail/"
+
+
+def readme_commands(step: str) -> list[str]:
+    """The commands of one step of README.md's quick start ("8.", "9."), in order."""
+    text = README.read_text(encoding="utf-8")
+    start = text.find(f"**{step} ")
+    assert start >= 0, f"README.md has no quick start step {step}"
+    end = text.find("\n**", start + 1)
+    block = text[start : end if end >= 0 else len(text)]
+    return [line.strip() for line in block.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def build_published_site(site: FleetSite, fixture: Path, work: Path) -> FleetArtifacts:
+    """The site's first release, published with README's `make repo` in a copy of the tree, its own signing home.
+
+    The site file is the fixture with the test keys' pins: the relay's, and
+    the first node's in `relay.node_pins`.  The repository is copied to the
+    web server's directory, as README's rsync does.
+    """
+    if work.exists():
+        shutil.rmtree(work)
+    keys = work / "keys"
+    keys.mkdir(parents=True)
+    relay_key = make_key_pair(keys, site.relay_hostname)
+    first_node = site.nodes[0][0]
+    node_key = make_key_pair(keys, f"{first_node}.{site.domain}")
+    text = fixture.read_text(encoding="utf-8")
+    digest = load_site(fixture).smarthost.fingerprint_digest
+    text, relay_count = re.subn(r"(?ms)^relay_pins = \[.*?\]$", f'relay_pins = ["{relay_key.pins[digest]}"]', text)
+    text, node_count = re.subn(
+        r"(?m)^node_pins = \{.*\}$", f'node_pins = {{ {first_node} = "{node_key.pins["sha256"]}" }}', text
+    )
+    assert (relay_count, node_count) == (1, 1), f"{fixture}: no one `relay_pins = [...]` and `node_pins = {{...}}`"
+    source = work / "src-N"
+    shutil.copytree(REPOSITORY, source, ignore=_NOT_COPIED)
+    site_file = work / "site-N.toml"
+    site_file.write_text(text, encoding="utf-8")
+    version = "0.1.0"
+    run([*TOOL, "release", version, "--site", str(site_file), "--message", f"First release for {site.domain}."],
+        environment=TOOL_ENVIRONMENT).check("oignons-mail release")  # fmt: skip
+    (command,) = [c for c in readme_commands("8.") if c.startswith("make repo ")]
+    argv = command.replace(README_REPO_URI, REPO_URI).split()
+    argv = [f"SITE={site_file}" if a.startswith("SITE=") else a for a in argv]
+    assert f"REPO_URI={REPO_URI}" in argv, f"README's `make repo` line changed: {command}"
+    environment = {**TOOL_ENVIRONMENT, "OIGNONS_MAIL_GNUPGHOME": str(work / "gnupg"), "DEB_BUILD_OPTIONS": "nocheck"}
+    made = run(["make", "-C", str(source), *argv[1:]], timeout=BUILD_TIMEOUT, environment=environment)
+    made.check(f"{command} (in {source})")
+    shutil.copytree(source / "dist" / "repo", work / "www" / "repo")
+    debs = tuple(sorted((source / "dist").glob("*_all.deb")))
+    entry = release_entry(REPOSITORY)
+    archive = repo.Archive(REPO_URI, site.domain, load_site(site_file).package.maintainer)
+    return FleetArtifacts(work, relay_key, relay_key, node_key, (Release(version, debs, (relay_key.pins[digest],)),),
+                          work / "gnupg", archive, entry.date, site)  # fmt: skip
+
+
 # --- The network ---------------------------------------------------------------
 
 
@@ -219,10 +313,11 @@ class FleetNetwork:
     """The `lan` namespace (bridge, sink, web server) and one namespace per system."""
 
     prefix: str
+    site: FleetSite = DEFAULT_FLEET_SITE
 
     @classmethod
-    def for_run(cls, pid: int) -> FleetNetwork:
-        return cls(f"{RUN_PREFIX}{pid}-f")
+    def for_run(cls, pid: int, site: FleetSite = DEFAULT_FLEET_SITE) -> FleetNetwork:
+        return cls(f"{RUN_PREFIX}{pid}-f", site)
 
     def namespace(self, role: str) -> str:
         return f"{self.prefix}{role}"
@@ -233,7 +328,7 @@ class FleetNetwork:
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.lan, *(self.namespace(name) for name in ADDRESSES)]
+        return [self.lan, *(self.namespace(name) for name in self.site.addresses)]
 
     def create(self) -> None:
         for namespace in self.namespaces:
@@ -241,14 +336,15 @@ class FleetNetwork:
             self.ip(namespace, "link", "set", "lo", "up")
         self.ip(self.lan, "link", "add", "br0", "type", "bridge")
         self.ip(self.lan, "link", "set", "br0", "up")
-        for name, address in ADDRESSES.items():
+        for name, address in self.site.addresses.items():
             namespace = self.namespace(name)
             run(["ip", "link", "add", "eth0", "netns", namespace, "type", "veth", "peer", "name", f"v-{name}",
                  "netns", self.lan]).check(f"veth {name}")  # fmt: skip
             self.ip(self.lan, "link", "set", f"v-{name}", "master", "br0", "up")
             self.ip(namespace, "address", "add", f"{address}/{PREFIX}", "dev", "eth0")
             self.ip(namespace, "link", "set", "eth0", "up")
-        self.ip(self.namespace("bulbe"), "address", "add", f"{RELAY_WORLD_ADDRESS}/{PREFIX}", "dev", "eth0")
+        relay = self.namespace(self.site.relay)
+        self.ip(relay, "address", "add", f"{RELAY_WORLD_ADDRESS}/{PREFIX}", "dev", "eth0")
         for address in (SINK_ADDRESS, SERVER_ADDRESS):
             self.ip(self.lan, "address", "add", f"{address}/{PREFIX}", "dev", "br0")
 
@@ -324,8 +420,10 @@ def remove_debian_sources(system: DebianSystem) -> None:
 
 def prepare_fleet_relay(system: DebianSystem, artifacts: FleetArtifacts, api_key: str) -> None:
     site = load_site(artifacts.work / "site-N.toml")
+    fleet_site = artifacts.site
+    addresses = fleet_site.addresses
     install_key_pair(system, artifacts.relay_old, site.relay.tls_cert_file, site.relay.tls_key_file)
-    set_network_files(system, RELAY_HOSTNAME, ADDRESSES["bulbe"], "127.0.0.1")
+    set_network_files(system, fleet_site.relay_hostname, addresses[fleet_site.relay], "127.0.0.1")
     remove_debian_sources(system)
     # The relay is installed from the repository's files before it boots, as
     # the other e2e tests do; the nodes bootstrap over the network.
@@ -334,8 +432,12 @@ def prepare_fleet_relay(system: DebianSystem, artifacts: FleetArtifacts, api_key
     for deb in (keyring, relay_deb):
         system.copy_in(deb, f"/root/{deb.name}")
     system.run(f"set -e\ndpkg -i /root/{keyring.name} /root/{relay_deb.name}").check("dpkg -i on the fleet relay")
-    # unbound_zone() has marcuse (the other e2e tests' node) already.
-    others = [(f"{name}.{DOMAIN}", ADDRESSES[name]) for name in NODES if name != SMARTHOST_NAME]
+    # unbound_zone() has bulbe and marcuse (the other e2e tests' relay and node) already.
+    hosts = [(f"{name}.{fleet_site.domain}", address) for name, address in addresses.items()]
+    others = [(host, address) for host, address in hosts if host not in (RELAY_HOSTNAME, SMARTHOST_HOSTNAME)]
+    if fleet_site.relay_aliases:
+        with (system.root / "etc/aliases").open("a", encoding="utf-8") as aliases:
+            aliases.writelines(f"{line}\n" for line in fleet_site.relay_aliases)
     records = site_dns_lines(
         artifacts.work / "site-N.toml", artifacts.relay_old.certificate, system.root / DKIM_DIRECTORY
     )
@@ -346,8 +448,15 @@ def prepare_node(system: DebianSystem, name: str, artifacts: FleetArtifacts) -> 
     # No TLS key of its own yet: ssl-cert, installed with the package, makes
     # the snakeoil pair the node presents (the relay accepts the list's mail
     # without a client certificate).
-    set_network_files(system, f"{name}.{DOMAIN}", ADDRESSES[name], ADDRESSES["bulbe"])
+    fleet_site = artifacts.site
+    addresses = fleet_site.addresses
+    set_network_files(system, f"{name}.{fleet_site.domain}", addresses[name], addresses[fleet_site.relay])
     remove_debian_sources(system)
+    if fleet_site.node_certificate:
+        smarthost = load_site(artifacts.work / "site-N.toml").smarthost
+        # No ssl-cert group before the bootstrap: Postfix reads the key as root.
+        install_file(system, artifacts.node_key.certificate, smarthost.tls_cert_file, 0o644)
+        install_file(system, artifacts.node_key.key, smarthost.tls_key_file, 0o600)
     install_file(system, local_mirror_sources(system.release), "/etc/apt/sources.list.d/local-mirror.sources", 0o644)
 
 
@@ -385,13 +494,15 @@ def fleet(artifacts: FleetArtifacts) -> Iterator[Fleet]:
     run_directory.mkdir(parents=True, exist_ok=True)
     cleanup: list[tuple[str, Callable[[], list[str]]]] = []
     pid = os.getpid()
+    fleet_site = artifacts.site
     try:
         www = artifacts.work / "www"
-        artifacts.publish(artifacts.releases[0], www / "repo")
+        if not (www / "repo" / "dists").exists():  # not published yet (by `make repo`)
+            artifacts.publish(artifacts.releases[0], www / "repo")
         systems: dict[str, DebianSystem] = {}
         relay_system = DebianSystem(fleet_base("relay", RELAY_RELEASE), RELAY_RELEASE)
         cleanup.append(("remove the relay's directory", lambda: _remove(relay_system)))
-        for name, release in NODES.items():
+        for name, release in fleet_site.nodes:
             system = DebianSystem(fleet_base("node", release), release)
             systems[name] = system
             cleanup.append((f"remove {name}'s directory", lambda s=system: _remove(s)))  # type: ignore[misc]
@@ -403,16 +514,17 @@ def fleet(artifacts: FleetArtifacts) -> Iterator[Fleet]:
         for system in (relay_system, *systems.values()):
             (system.root / "usr/sbin/policy-rc.d").unlink()
 
-        network = FleetNetwork.for_run(pid)
+        network = FleetNetwork.for_run(pid, fleet_site)
         cleanup.append(("delete the network namespaces", network.destroy))
         network.create()
-        relay = Container(relay_system, machines.machine_name("fleetbulbe", pid), RELAY_HOSTNAME,
-                          network.namespace("bulbe"), run_directory / "bulbe-console.log")  # fmt: skip
+        relay = Container(relay_system, machines.machine_name(f"fleet{fleet_site.relay}", pid),
+                          fleet_site.relay_hostname, network.namespace(fleet_site.relay),
+                          run_directory / f"{fleet_site.relay}-console.log")  # fmt: skip
         nodes = {
             name: Container(
                 system,
                 machines.machine_name(f"fleet{name}", pid),
-                f"{name}.{DOMAIN}",
+                f"{name}.{fleet_site.domain}",
                 network.namespace(name),
                 run_directory / f"{name}-console.log",
             )
@@ -430,7 +542,8 @@ def fleet(artifacts: FleetArtifacts) -> Iterator[Fleet]:
         machines.boot_all(containers)
         result = Fleet(artifacts, network, relay, nodes, sink, server, run_directory)
         _wait_for_relay(result)
-        result.schleuder_error = create_schleuder_list(relay)
+        if fleet_site.schleuder_list:
+            result.schleuder_error = create_schleuder_list(relay)
         yield result
     finally:
         machines.undo(cleanup, "the fleet")
@@ -443,11 +556,12 @@ def _wait_for_relay(bed: Fleet) -> None:
         return True if bed.relay.run(f"systemctl is-active {units}").returncode == 0 else None
 
     wait_until(f"{units} on the relay", active, 90)
+    site = bed.artifacts.site
     for node in bed.nodes.values():
 
         def resolves(node: Container = node) -> bool | None:
-            answer = node.run(f"dig +short +time=2 +tries=1 A {RELAY_HOSTNAME}").stdout
-            return True if ADDRESSES["bulbe"] in answer else None
+            answer = node.run(f"dig +short +time=2 +tries=1 A {site.relay_hostname}").stdout
+            return True if site.addresses[site.relay] in answer else None
 
         wait_until(f"the test DNS from {node.machine}", resolves, 60)
 

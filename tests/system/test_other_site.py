@@ -38,7 +38,18 @@ SOFTWARE_LINES = (
     "Copyright: 2013-2026 Nos oignons",
     "Source: https://git.nos-oignons.net/oignons-mail",
 )
-TOOL_FILES = ("usr/lib/python3/dist-packages/oignons_mail/", "usr/share/man/man1/oignons-mail.1.gz")
+# Its documentation too: README.md and docs/ (debian/oignons-mail.docs) and oignons-mail-site(5), whose examples are
+# the default site's.
+TOOL_DOCS = tuple(
+    f"usr/share/doc/oignons-mail/{Path(line).name}"
+    for line in (REPOSITORY / "debian" / "oignons-mail.docs").read_text(encoding="utf-8").split()
+)
+TOOL_FILES = (
+    "usr/lib/python3/dist-packages/oignons_mail/",
+    "usr/share/man/man1/oignons-mail.1.gz",
+    "usr/share/man/man5/oignons-mail-site.5.gz",
+    *TOOL_DOCS,
+)
 
 
 @dataclass(frozen=True)
