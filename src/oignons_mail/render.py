@@ -61,6 +61,9 @@ def render(site: Site) -> RenderedTree:
     files["relay/responder.json"] = responder_config(site)
     files["relay/dkim_signing.conf"] = dkim_signing_config(site)
     files["relay/dkim-keys"] = dkim_key_list(site)
+    files["relay/rspamd-options.inc"] = rspamd_options(site)
+    files["relay/rspamd-multimap.conf"] = rspamd_multimap(site)
+    files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
     return files
 
 
@@ -189,7 +192,9 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
     responder = postfix.table("responder")
     client_limits = relay.client_limits
     exempt = "permit_mynetworks, permit_tls_clientcerts"
-    sender_restrictions = f"{exempt}, reject_non_fqdn_sender, reject_unknown_sender_domain"
+    # The site's own domains as envelope senders only from its own hosts.
+    own_senders = f"check_sender_access {postfix.table(OWN_DOMAINS_TABLE)}"
+    sender_restrictions = f"{exempt}, {own_senders}, reject_non_fqdn_sender, reject_unknown_sender_domain"
     recipient_restrictions = postfix.comma_list(
         [
             f"check_recipient_access {postfix.table('schleuder_superadmin')}",
@@ -218,7 +223,10 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_forbid_bare_newline_exclusions", "$mynetworks"),
         # A client that sends DATA before the server's replies invited it
         # (without PIPELINING) is a spam engine, or a smuggling attempt.
-        ("smtpd_data_restrictions", "reject_unauth_pipelining"),
+        # Mail from outside (neither a local program nor a node) is marked
+        # with a header only Postfix writes; rspamd refuses it if its From:
+        # header names the site's domains (open_internet_settings).
+        ("smtpd_data_restrictions", f"reject_unauth_pipelining, {exempt}, {OUTSIDE_MARK_RESTRICTION}"),
         # VRFY would tell which aliases exist (the relay answered 252 to all).
         ("disable_vrfy_command", "yes"),
         ("smtpd_helo_required", "yes"),
@@ -239,6 +247,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_client_connection_rate_limit", str(client_limits.connection_rate_limit)),
         ("smtpd_client_message_rate_limit", str(client_limits.message_rate_limit)),
         ("smtpd_client_connection_count_limit", str(client_limits.connection_count_limit)),
+        *open_internet_settings(site),
         ("smtpd_tls_ask_ccert", "yes"),
         ("smtpd_tls_fingerprint_digest", "sha256"),
         ("relay_clientcerts", postfix.table("relay_clientcerts")),
@@ -370,11 +379,124 @@ def relay_tables(site: Site) -> list[Table]:
                 ]
             ),
         ),
+        own_domains_table(site),
         Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
         *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),
         Table("responder", "postmap", postfix.map_lines(responder)),
     ]
+
+
+# --- What an outside client can make the relay do (docs/open-internet.md) ---
+
+OWN_DOMAINS_TABLE = "own_domains"
+# The header Postfix prepends to mail from outside clients, and its value.
+OUTSIDE_MARK_HEADER = "X-Oignons-Origin"
+OUTSIDE_MARK_VALUE = "outside"
+OUTSIDE_MARK_RESTRICTION = f"check_client_access static:{{PREPEND {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE}}}"
+OWN_SENDER_REPLY = "REJECT the site's own domains send only from its relay and its nodes"
+FORGED_FROM_REPLY = "5.7.1 the From: header names this site's domains, from a client outside them"
+# rspamd's symbols (local.d/multimap.conf) and the rule that refuses on them.
+OUTSIDE_SYMBOL = "OIGNONS_FROM_OUTSIDE"
+OWN_FROM_SYMBOL = "OIGNONS_OWN_FROM"
+LOCAL_CLIENT_SYMBOL = "OIGNONS_LOCAL_CLIENT"
+
+
+def own_domains(site: Site) -> list[str]:
+    """The relay's destinations and the DKIM domains, each once (subdomains included where used)."""
+    return list(dict.fromkeys([*site.relay.destinations, *site.dkim.domains]))
+
+
+def own_domains_table(site: Site) -> Table:
+    """check_sender_access: the site's domains and their subdomains, refused as senders from outside."""
+    keys = [key for domain in own_domains(site) for key in (domain, f".{domain}")]
+    return Table(OWN_DOMAINS_TABLE, "postmap", postfix.map_lines([(key, OWN_SENDER_REPLY) for key in keys]))
+
+
+def open_internet_settings(site: Site) -> list[tuple[str, str]]:
+    """Bounds on what one outside client makes the relay do (mynetworks is exempt from the rates)."""
+    limits = site.relay.client_limits
+    return [
+        ("smtpd_client_recipient_rate_limit", str(limits.recipient_rate_limit)),
+        ("smtpd_recipient_limit", str(limits.recipients_per_message)),
+        # No DSN extension: NOTIFY=SUCCESS from a forged sender would make the
+        # relay mail a report to whoever the client named.
+        ("smtpd_discard_ehlo_keywords", "silent-discard, dsn"),
+    ]
+
+
+def rspamd_local_addrs() -> list[str]:
+    """rspamd's local networks: the relay's mynetworks (one source), without Postfix's brackets."""
+    return [network.replace("[", "").replace("]", "") for network in postfix.LOOPBACK_NETWORKS.split()]
+
+
+def rspamd_options(site: Site) -> str:
+    """override.d/options.inc: only what the relay declares local is local (signed, not checked)."""
+    source = PurePosixPath(site.source).name
+    networks = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
+    return (
+        f"# oignons-mail-relay: rspamd's local networks, generated from {source}.\n"
+        "# rspamd's default also counts 10/8, 172.16/12, 192.168/16, fd00::/8 and\n"
+        "# link-local as local: mail from there would be DKIM-signed and skip the\n"
+        "# SPF, DKIM and DMARC checks.  Only the relay's mynetworks are local here.\n"
+        f"local_addrs = [{networks}];\n"
+    )
+
+
+def rspamd_multimap(site: Site) -> str:
+    """local.d/multimap.conf: the symbols of forged own From: headers from outside."""
+    source = PurePosixPath(site.source).name
+    local = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
+    patterns = ", ".join('"/(^|\\\\.)' + domain.replace(".", "\\\\.") + '$/i"' for domain in own_domains(site))
+    return (
+        f"# oignons-mail-relay: symbols for forged own domains, generated from {source}.\n"
+        f"# {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE} is prepended by Postfix to mail from\n"
+        "# outside clients (not mynetworks, no node certificate).\n"
+        f"{OUTSIDE_SYMBOL} {{\n"
+        '  type = "header";\n'
+        f'  header = "{OUTSIDE_MARK_HEADER}";\n'
+        f'  map = ["{OUTSIDE_MARK_VALUE}"];\n'
+        '  description = "Mail from a client outside the site";\n'
+        "  score = 0.0;\n"
+        "}\n"
+        f"{OWN_FROM_SYMBOL} {{\n"
+        '  type = "header";\n'
+        '  header = "From";\n'
+        '  filter = "email:domain";\n'
+        "  regexp = true;\n"
+        f"  map = [{patterns}];\n"
+        '  description = "From: names one of the site\'s domains";\n'
+        "  score = 0.0;\n"
+        "}\n"
+        # A mark that came in with a post is still there when a list program
+        # sends its copy from 127.0.0.1: that copy is the relay's own.
+        f"{LOCAL_CLIENT_SYMBOL} {{\n"
+        '  type = "ip";\n'
+        f"  map = [{local}];\n"
+        '  description = "Mail from a local program";\n'
+        "  score = 0.0;\n"
+        "}\n"
+    )
+
+
+def rspamd_force_actions(site: Site) -> str:
+    """local.d/force_actions.conf: a forged own From: from outside is refused whatever its score.
+
+    Refused at the end of DATA rather than marked: the client gets the 5xx,
+    nobody gets a bounce, and no list or alias hands the message on as if
+    the association had written it.
+    """
+    source = PurePosixPath(site.source).name
+    return (
+        f"# oignons-mail-relay: mail rspamd refuses whatever its score, generated from {source}.\n"
+        "rules {\n"
+        "  OIGNONS_FORGED_OWN_FROM {\n"
+        '    action = "reject";\n'
+        f'    expression = "{OUTSIDE_SYMBOL} & {OWN_FROM_SYMBOL} & !{LOCAL_CLIENT_SYMBOL}";\n'
+        f'    message = "{FORGED_FROM_REPLY}";\n'
+        "  }\n"
+        "}\n"
+    )
 
 
 def responder_config(site: Site) -> str:

@@ -13,14 +13,25 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.machines import RELAY_WORLD_ADDRESS, SINK_ADDRESS, anvil_exemption, wait_until
-from tests.e2e.mail import raw_smtp, reply_to
-from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS, Testbed, new_message_id
+from tests.e2e.machines import CLEAN_CLIENT_ADDRESS, RELAY_WORLD_ADDRESS, SINK_ADDRESS, anvil_exemption, wait_until
+from tests.e2e.mail import header, raw_smtp, reply_to, sendmail
+from tests.e2e.testbed import (
+    DOMAIN,
+    LIST_ADDRESS,
+    OUTSIDE_DOMAIN,
+    SMARTHOST_HOSTNAME,
+    TEST_ALIAS,
+    Testbed,
+    new_message_id,
+)
+from tests.system.debian_system import COMMAND_ENVIRONMENT
 
 SENDER = f"sender@{OUTSIDE_DOMAIN}"
 EHLO = ("EHLO attacker.elsewhere.test\r\n", 1)
@@ -283,6 +294,180 @@ def test_message_flood_is_cut_by_anvil(bed: Testbed) -> None:
     assert accepted == MESSAGE_RATE_LIMIT, answers[-6:]
     assert refused, answers[-3:]
     assert refused[0].startswith("4"), refused[0]
+
+
+# --- The relay as an outsider's tool (docs/open-internet.md) ---------------------
+
+FLOOD_ADDRESSES = tuple(f"10.237.1.{n}" for n in range(20, 25))
+FLOOD_CONNECTIONS_PER_ADDRESS = 20
+# The promise: another client's greeting within 2 s of its connection, under
+# the flood, beyond what the same greeting takes without it (the control
+# absorbs the namespace's and Python's start on a loaded machine).
+FLOOD_BANNER_SECONDS = 2.0
+RECIPIENT_ATTACKER_ADDRESS = "10.237.1.11"
+HEADER_ATTACKER_ADDRESS = "10.237.1.12"
+
+
+def _data_reply(bed: Testbed, sender: str, header_from: str, recipient: str, word: str, *, source: str) -> str:
+    body = (f"Message-Id: <{new_message_id('forged-from')}>\r\nFrom: <{header_from}>\r\nTo: <{recipient}>\r\n"
+            f"Subject: from {header_from} {word}\r\n\r\n{word}\r\n.\r\n")  # fmt: skip
+    steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<{recipient}>\r\n", 1), ("DATA\r\n", 1),
+             (body, 1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps, source=source)
+    answers = reply_to(session, "Message-Id")
+    return answers[0] if answers else f"no reply to the data: {session}"
+
+
+@pytest.mark.parametrize("sender", [f"root@{DOMAIN}", f"root@marcuse.{DOMAIN}", "dons@nos-oignons.fr"])
+def test_own_domains_are_refused_as_envelope_senders_from_outside(bed: Testbed, sender: str) -> None:
+    steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<postmaster@{DOMAIN}>\r\n", 1), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    (answer,) = reply_to(session, "RCPT")
+    note(bed, f"MAIL FROM:<{sender}> from outside, RCPT TO:<postmaster@{DOMAIN}>", answer)
+    assert answer.startswith("554 5.7.1 "), answer
+    assert "own domains send only from its relay and its nodes" in answer, answer
+
+
+def test_a_forged_own_from_header_from_outside_is_refused_and_an_outside_one_delivered(bed: Testbed) -> None:
+    word = token()
+    recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"  # an alias to the sink
+    _with_world_address(bed, HEADER_ATTACKER_ADDRESS)
+    try:
+        attacker = HEADER_ATTACKER_ADDRESS
+        forged = _data_reply(bed, SENDER, f"root@{DOMAIN}", recipient, f"forged-{word}", source=attacker)
+        subdomain = _data_reply(bed, SENDER, f"cron@marcuse.{DOMAIN}", recipient, f"sub-{word}", source=attacker)
+        control = _data_reply(bed, SENDER, SENDER, recipient, f"control-{word}", source=attacker)
+    finally:
+        _without_world_address(bed, HEADER_ATTACKER_ADDRESS)
+    note(bed, f"From: root@{DOMAIN} from outside", forged)
+    note(bed, f"From: cron@marcuse.{DOMAIN} from outside", subdomain)
+    for answer in (forged, subdomain):
+        assert answer.startswith("5"), answer
+        assert "From: header names this site's domains" in answer, answer
+    assert control.startswith("250"), control
+    received = bed.sink.wait_for("the outside From: control", lambda m: f"control-{word}" in m.data, 90)
+    # Postfix's mark, read by rspamd: one, Postfix's own, whatever the client sent.
+    assert received.data.count("X-Oignons-Origin: outside") == 1, received.data[:3000]
+    time.sleep(QUIET_SECONDS)
+    assert sink_messages_with(bed, f"forged-{word}") == [], "the forged From: reached the sink"
+    assert sink_messages_with(bed, f"sub-{word}") == [], "the forged subdomain From: reached the sink"
+
+
+def test_node_mail_in_the_own_domain_still_reaches_an_alias(bed: Testbed) -> None:
+    """Positive control: a node (its certificate) sends as root@marcuse, through the relay."""
+    sent = sendmail(bed.smarthost, f"{TEST_ALIAS[0]}@{DOMAIN}", "node-own-from")
+    received = bed.sink.wait_for("the node's message", lambda m: sent.token in m.data, 120)
+    assert f"@{SMARTHOST_HOSTNAME}" in header(received.data, "From"), header(received.data, "From")
+    assert "X-Oignons-Origin" not in received.data, received.data[:3000]
+
+
+def test_rspamd_treats_only_the_relays_mynetworks_as_local(bed: Testbed) -> None:
+    dump = bed.relay.check("rspamadm configdump options", timeout=120)
+    found = re.search(r"(?ms)^local_addrs\s*\[(.*?)\]", dump)
+    assert found is not None, dump[-3000:]
+    networks = sorted(re.findall(r'"([^"]+)"', found.group(1)))
+    note(bed, "rspamd's local_addrs", networks)
+    assert networks == sorted(["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"]), found.group(0)
+    # The test network (10.237.0.0/16, private) is the outside: its mail is checked (SPF) ...
+    word = token()
+    recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"
+    control = _data_reply(bed, SENDER, SENDER, recipient, f"checked-{word}", source=CLEAN_CLIENT_ADDRESS)
+    assert control.startswith("250"), control
+    received = bed.sink.wait_for("the checked message", lambda m: f"checked-{word}" in m.data, 90)
+    results = header(received.data, "Authentication-Results")
+    note(bed, "Authentication-Results of mail from a 10/8 client", results)
+    assert "spf=" in results, received.data[:3000]
+    # ... and not signed with the site's key.
+    assert f"d={DOMAIN}" not in received.data, received.data[:3000]
+
+
+def test_dsn_is_not_offered(bed: Testbed) -> None:
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1),
+             (f"RCPT TO:<postmaster@{DOMAIN}> NOTIFY=SUCCESS,FAILURE\r\n", 1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps)
+    (ehlo,) = reply_to(session, "EHLO")
+    (rcpt,) = reply_to(session, "RCPT")
+    note(bed, "RCPT TO NOTIFY=SUCCESS from outside", rcpt)
+    assert "DSN" not in ehlo.split("\n"), ehlo
+    assert ehlo.startswith("250"), ehlo
+    assert not rcpt.startswith("250"), rcpt
+
+
+def test_recipients_per_message_are_bounded(bed: Testbed) -> None:
+    limit = bed.artifacts.site.relay.client_limits.recipients_per_message
+    word = token()
+    recipients = [f"{TEST_ALIAS[0]}+{word}{n}@{DOMAIN}" for n in range(limit + 5)]
+    body = f"Subject: fan-out {word}\r\n\r\n{word}\r\n.\r\n"
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *((f"RCPT TO:<{r}>\r\n", 1) for r in recipients),
+             ("DATA\r\n", 1), (body, 1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps)
+    answers = reply_to(session, "RCPT")
+    accepted = sum(1 for a in answers if a.startswith("250"))
+    refused = [a for a in answers if not a.startswith("250")]
+    note(bed, f"one message to {len(recipients)} extensions of one alias", f"{accepted} x 250, then {refused[:1]}")
+    assert accepted == limit, answers
+    assert refused, answers
+    assert refused[0].startswith("452"), refused
+    bed.sink.wait_for("the fan-out message", lambda m: word in m.data, 90)
+    time.sleep(QUIET_SECONDS)
+    copies = len(sink_messages_with(bed, word))
+    note(bed, f"deliveries of that message at the sink ({limit} recipients accepted)", copies)
+    assert 1 <= copies <= limit, copies
+
+
+def test_recipient_guessing_is_cut_by_anvil(bed: Testbed) -> None:
+    limits = bed.artifacts.site.relay.client_limits
+    per_message = limits.recipients_per_message
+    rounds = limits.recipient_rate_limit // per_message + 2
+    guesses = [(f"RCPT TO:<guess{n}@{DOMAIN}>\r\n", 1) for n in range(per_message)]
+    steps = [EHLO, *([(f"MAIL FROM:<{SENDER}>\r\n", 1), *guesses, ("RSET\r\n", 1)] * rounds), QUIT]
+    _with_world_address(bed, RECIPIENT_ATTACKER_ADDRESS)
+    try:
+        (session,) = raw_smtp(bed, steps, source=RECIPIENT_ATTACKER_ADDRESS)
+    finally:
+        _without_world_address(bed, RECIPIENT_ATTACKER_ADDRESS)
+    answers = reply_to(session, "RCPT")
+    unknown = sum(1 for a in answers if a.startswith("550"))
+    limited = [a for a in answers if a.startswith("4")]
+    note(bed, f"{len(answers)} guessed recipients in one session", f"{unknown} x 550, then {limited[:1]}")
+    assert unknown <= limits.recipient_rate_limit, answers[-5:]
+    assert limited, answers[-5:]
+    assert "Too many recipients" in limited[0] or "too many" in limited[0].lower(), limited[0]
+
+
+def _banner_seconds(bed: Testbed) -> tuple[float, str]:
+    started = time.monotonic()
+    (session,) = raw_smtp(bed, [QUIT], source=CLEAN_CLIENT_ADDRESS, timeout=60)
+    greeting = session[0][1][0] if session[0][1] else ""
+    return time.monotonic() - started, greeting
+
+
+def test_port_25_greets_another_client_under_a_flood_of_idle_connections(bed: Testbed) -> None:
+    control, control_greeting = _banner_seconds(bed)
+    assert control_greeting.startswith("220 "), control_greeting
+    for address in FLOOD_ADDRESSES:
+        _with_world_address(bed, address)
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", bed.network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_flood.py")),
+         RELAY_WORLD_ADDRESS, "25", str(FLOOD_CONNECTIONS_PER_ADDRESS), *FLOOD_ADDRESSES],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=COMMAND_ENVIRONMENT,
+    )  # fmt: skip
+    try:
+        assert flood.stdout is not None
+        counts = json.loads(flood.stdout.readline() or "{}")
+        flooded, greeting = _banner_seconds(bed)
+    finally:
+        if flood.stdin is not None:
+            flood.stdin.close()
+        flood.wait(30)
+        for address in FLOOD_ADDRESSES:
+            _without_world_address(bed, address)
+    note(bed, f"{len(FLOOD_ADDRESSES)} x {FLOOD_CONNECTIONS_PER_ADDRESS} idle connections", counts)
+    note(bed, "another client's greeting", f"{flooded:.2f} s under the flood, {control:.2f} s without")
+    assert greeting.startswith("220 "), greeting
+    limit = bed.artifacts.site.relay.client_limits.connection_count_limit
+    assert counts.get("greeted", 0) <= limit * len(FLOOD_ADDRESSES), counts
+    assert flooded - control < FLOOD_BANNER_SECONDS, f"{flooded:.2f} s under the flood, {control:.2f} s without"
 
 
 # --- Mail loops between root and Schleuder ---------------------------------------

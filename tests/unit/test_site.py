@@ -107,7 +107,11 @@ def test_real_site_loads_into_the_model(data: Data) -> None:
     assert relay.schleuder_lists == ("machines@nos-oignons.net",)
     assert relay.default_destination_concurrency_limit == 10
     assert relay.client_limits == ClientLimits(
-        connection_rate_limit=100, message_rate_limit=100, connection_count_limit=20
+        connection_rate_limit=100,
+        message_rate_limit=100,
+        connection_count_limit=10,
+        recipient_rate_limit=100,
+        recipients_per_message=20,
     )
     assert site.smarthost.fingerprint_digest == "sha1"
     assert site.smarthost.relay_pins == (REAL_PIN,)
@@ -1060,3 +1064,28 @@ def test_client_limits_reach_main_cf(data: Data) -> None:
     assert "smtpd_client_connection_rate_limit = 7" in lines
     assert "smtpd_client_message_rate_limit = 8" in lines
     assert "smtpd_client_connection_count_limit = 9" in lines
+    # Left out: the defaults.
+    assert "smtpd_client_recipient_rate_limit = 100" in lines
+    assert "smtpd_recipient_limit = 20" in lines
+
+
+def test_recipient_limits_reach_main_cf(data: Data) -> None:
+    data["relay"]["client_limits"].update({"recipient_rate_limit": 11, "recipients_per_message": 3})
+    lines = render(parse_site(data, "site.toml"))["relay/main.cf"].splitlines()
+    assert "smtpd_client_recipient_rate_limit = 11" in lines
+    assert "smtpd_recipient_limit = 3" in lines
+
+
+def test_own_domains_are_refused_as_senders_from_outside(data: Data) -> None:
+    files = render(parse_site(data, "site.toml"))
+    entries = dict(line.split(None, 1) for line in files["relay/tables.d/own_domains"].splitlines()
+                   if line and not line.startswith("#"))  # fmt: skip
+    for domain in ("nos-oignons.net", ".nos-oignons.net", "nos-oignons.fr", ".bulbe.tetaneutral.net"):
+        assert entries[domain].startswith("REJECT "), entries
+    restrictions = next(line for line in files["relay/main.cf"].splitlines() if line.startswith("smtpd_sender_r"))
+    assert restrictions.index("permit_tls_clientcerts") < restrictions.index("own_domains"), restrictions
+
+
+def test_rspamd_counts_only_mynetworks_as_local(data: Data) -> None:
+    options = render(parse_site(data, "site.toml"))["relay/rspamd-options.inc"]
+    assert 'local_addrs = ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"];' in options.splitlines()
