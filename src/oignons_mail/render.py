@@ -64,6 +64,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/rspamd-options.inc"] = rspamd_options(site)
     files["relay/rspamd-multimap.conf"] = rspamd_multimap(site)
     files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
+    files["relay/list_commands.regexp"] = list_commands_table(site)
     return files
 
 
@@ -200,6 +201,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
             f"check_recipient_access {postfix.table('schleuder_superadmin')}",
             exempt,
             f"check_recipient_access {postfix.table('local_only_recipients')}",
+            f"check_recipient_access regexp:{LIST_COMMANDS_FILE}",
         ]
     )
     settings = [
@@ -447,7 +449,8 @@ def rspamd_multimap(site: Site) -> str:
     """local.d/multimap.conf: the symbols of forged own From: headers from outside."""
     source = PurePosixPath(site.source).name
     local = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
-    patterns = ", ".join('"/(^|\\\\.)' + domain.replace(".", "\\\\.") + '$/i"' for domain in own_domains(site))
+    # Bare regular expressions: rspamd 3.12 takes a list entry that starts with "/" for a file.
+    patterns = ", ".join('"(?i)(^|\\\\.)' + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
     return (
         f"# oignons-mail-relay: symbols for forged own domains, generated from {source}.\n"
         f"# {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE} is prepended by Postfix to mail from\n"
@@ -455,7 +458,8 @@ def rspamd_multimap(site: Site) -> str:
         f"{OUTSIDE_SYMBOL} {{\n"
         '  type = "header";\n'
         f'  header = "{OUTSIDE_MARK_HEADER}";\n'
-        f'  map = ["{OUTSIDE_MARK_VALUE}"];\n'
+        "  regexp = true;\n"
+        f'  map = ["^{OUTSIDE_MARK_VALUE}$"];\n'
         '  description = "Mail from a client outside the site";\n'
         "  score = 0.0;\n"
         "}\n"
@@ -477,6 +481,41 @@ def rspamd_multimap(site: Site) -> str:
         "  score = 0.0;\n"
         "}\n"
     )
+
+
+# The list addresses whose every message makes the list program answer its
+# sender (Mailman 3: command results; Schleuder: the list's key), refused
+# from outside: read from /usr/share, never built (a regexp table).
+LIST_COMMANDS_FILE = "/usr/share/oignons-mail-relay/list_commands.regexp"
+MAILMAN_COMMAND_SUFFIXES = ("-request", "-join", "-subscribe")
+LIST_COMMANDS_REPLY = "550 5.7.1 this list address answers mail from the site's own hosts only"
+
+
+def _regexp_literal(text: str) -> str:
+    """text matched literally by a POSIX extended regular expression (Postfix's regexp tables)."""
+    return "".join(f"\\{c}" if c in ".^$*+?()[]{}|\\" else c for c in text)
+
+
+def list_commands_table(site: Site) -> str:
+    """regexp:LIST_COMMANDS_FILE, for check_recipient_access after the site's own hosts are let through."""
+    source = PurePosixPath(site.source).name
+    delimiter = _regexp_literal(site.relay.recipient_delimiter)
+    extension = f"({delimiter}[^@]*)?"
+    lines = [
+        f"# list_commands.regexp: a table of oignons-mail-relay, generated from {source}.",
+        "# Package data, read by smtpd for clients outside mynetworks without a node",
+        "# certificate.  Schleuder's -request answers only a valid signature of a",
+        "# subscriber: kept; its -sendkey answers anyone with the list's key: refused.",
+    ]
+    for address in site.relay.schleuder_lists:
+        local, _, domain = address.partition("@")
+        lines.append(f"/^{_regexp_literal(local)}-request{extension}@{_regexp_literal(domain)}$/  DUNNO")
+        lines.append(
+            f"/^{_regexp_literal(local)}-sendkey{extension}@{_regexp_literal(domain)}$/  {LIST_COMMANDS_REPLY}"
+        )
+    suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_COMMAND_SUFFIXES)
+    lines.append(f"/^[^@]+-({suffixes}){extension}@/  {LIST_COMMANDS_REPLY}")
+    return "\n".join(lines) + "\n"
 
 
 def rspamd_force_actions(site: Site) -> str:

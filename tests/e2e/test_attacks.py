@@ -247,6 +247,39 @@ def test_testssl_finds_nothing_not_ok_but_the_test_certificate(bed: Testbed) -> 
         assert unexpected == [], f"port {port}:\n" + "\n".join(unexpected)
 
 
+NMAP_TIMEOUT_SECONDS = 600.0
+
+
+def _nmap_sections(output: str) -> dict[str, str]:
+    """nmap's report per port ("25/tcp ..." up to the next port line)."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in output.splitlines():
+        found = re.match(r"^(\d+)/tcp\s", line)
+        if found:
+            current = found.group(1)
+            sections[current] = ""
+        elif current is not None and line.startswith("|"):
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_nmap_finds_no_open_relay_and_grades_tls_a(bed: Testbed) -> None:
+    """nmap's NSE scripts (Debian's package), the peer of testssl.sh: smtp-open-relay, ssl-enum-ciphers."""
+    arguments = f"smtp-open-relay.domain={OUTSIDE_DOMAIN},smtp-open-relay.ip={SINK_ADDRESS}"
+    command = ["nmap", "-Pn", "-n", "-p", "25,465", "--script", "smtp-open-relay,ssl-enum-ciphers",
+               "--script-args", arguments, RELAY_WORLD_ADDRESS]  # fmt: skip
+    with anvil_exemption(bed.relay, SINK_ADDRESS):
+        result = bed.world(command, NMAP_TIMEOUT_SECONDS).check("nmap")
+    sections = _nmap_sections(result.stdout)
+    grades = {port: re.findall(r"least strength: (\S+)", text) for port, text in sections.items()}
+    relay = [line.strip("|_ ") for line in sections.get("25", "").splitlines() if "relay" in line]
+    note(bed, "nmap ssl-enum-ciphers least strength", grades)
+    note(bed, "nmap smtp-open-relay on port 25", relay)
+    assert grades == {"25": ["A"], "465": ["A"]}, result.stdout[-4000:]
+    assert any("doesn't seem to be an open relay" in line for line in relay), result.stdout[-4000:]
+
+
 def command_of_testssl(port: int) -> list[str]:
     starttls = ["--starttls", "smtp"] if port == 25 else []
     return ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none", "--connect-timeout", "10",
@@ -359,6 +392,35 @@ def test_node_mail_in_the_own_domain_still_reaches_an_alias(bed: Testbed) -> Non
     received = bed.sink.wait_for("the node's message", lambda m: sent.token in m.data, 120)
     assert f"@{SMARTHOST_HOSTNAME}" in header(received.data, "From"), header(received.data, "From")
     assert "X-Oignons-Origin" not in received.data, received.data[:3000]
+
+
+LIST_COMMAND_ADDRESSES = {
+    f"discussion-request@{DOMAIN}": "550",  # Mailman 3: "results of your email commands"
+    f"discussion-join@{DOMAIN}": "550",  # a subscription confirmation to whoever is named
+    f"discussion-subscribe+x@{DOMAIN}": "550",
+    f"machines-sendkey@{DOMAIN}": "550",  # Schleuder: the list's key to anyone
+    f"machines-request@{DOMAIN}": "250",  # Schleuder: answers a subscriber's valid signature only
+    f"machines@{DOMAIN}": "250",
+}
+
+
+def test_list_command_addresses_take_no_mail_from_outside(bed: Testbed) -> None:
+    addresses = list(LIST_COMMAND_ADDRESSES)
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *((f"RCPT TO:<{a}>\r\n", 1) for a in addresses), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    answers = dict(zip(addresses, reply_to(session, "RCPT"), strict=True))
+    note(bed, "RCPT of list command addresses from outside", answers)
+    for address, code in LIST_COMMAND_ADDRESSES.items():
+        assert answers[address].startswith(code), answers
+    # Positive control: a local program may still write to them.
+    script = (
+        "import smtplib\n"
+        "with smtplib.SMTP('127.0.0.1', 25, timeout=30) as s:\n"
+        "    s.ehlo('bulbe.nos-oignons.net'); s.mail('root@bulbe.nos-oignons.net')\n"
+        f"    print(s.rcpt('machines-sendkey@{DOMAIN}')); s.rset()\n"
+    )
+    local = bed.relay.check("python3", input_text=script)
+    assert local.startswith("(250,"), local
 
 
 def test_rspamd_treats_only_the_relays_mynetworks_as_local(bed: Testbed) -> None:

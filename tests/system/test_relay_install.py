@@ -71,7 +71,8 @@ HARDENED_MAIN_CF = {
     "unknown_address_reject_code": "550",
     "smtpd_recipient_restrictions": (
         f"check_recipient_access hash:{TABLES}/schleuder_superadmin, permit_mynetworks, permit_tls_clientcerts,"
-        f" check_recipient_access hash:{TABLES}/local_only_recipients"
+        f" check_recipient_access hash:{TABLES}/local_only_recipients,"
+        " check_recipient_access regexp:/usr/share/oignons-mail-relay/list_commands.regexp"
     ),
     "smtpd_client_connection_rate_limit": "100",
     "smtpd_client_message_rate_limit": "100",

@@ -10,6 +10,7 @@ rule, and the value as str(error) shows it.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1084,6 +1085,22 @@ def test_own_domains_are_refused_as_senders_from_outside(data: Data) -> None:
         assert entries[domain].startswith("REJECT "), entries
     restrictions = next(line for line in files["relay/main.cf"].splitlines() if line.startswith("smtpd_sender_r"))
     assert restrictions.index("permit_tls_clientcerts") < restrictions.index("own_domains"), restrictions
+
+
+def test_list_command_addresses_are_refused_from_outside_but_schleuders_request(data: Data) -> None:
+    table = render(parse_site(data, "site.toml"))["relay/list_commands.regexp"]
+    rules = [line.split("  ", 1) for line in table.splitlines() if line.startswith("/")]
+    patterns = [(re.compile(pattern.strip("/"), re.IGNORECASE), action) for pattern, action in rules]
+
+    def action(address: str) -> str:
+        return next((act for pattern, act in patterns if pattern.search(address)), "not found")
+
+    assert action("machines-request@nos-oignons.net") == "DUNNO"
+    for refused in ("machines-sendkey@nos-oignons.net", "discussion-request@nos-oignons.org",
+                    "discussion-join+x@nos-oignons.org", "Discussion-Subscribe@nos-oignons.fr"):  # fmt: skip
+        assert action(refused).startswith("550 5.7.1 "), refused
+    for kept in ("discussion@nos-oignons.org", "discussion-leave@nos-oignons.org", "postmaster@nos-oignons.net"):
+        assert action(kept) == "not found", kept
 
 
 def test_rspamd_counts_only_mynetworks_as_local(data: Data) -> None:
