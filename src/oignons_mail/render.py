@@ -397,7 +397,7 @@ OUTSIDE_MARK_HEADER = "X-Oignons-Origin"
 OUTSIDE_MARK_VALUE = "outside"
 OUTSIDE_MARK_RESTRICTION = f"check_client_access static:{{PREPEND {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE}}}"
 OWN_SENDER_REPLY = "REJECT the site's own domains send only from its relay and its nodes"
-FORGED_FROM_REPLY = "5.7.1 the From: header names this site's domains, from a client outside them"
+FORGED_FROM_REPLY = "the From: header names this site's domains, from a client outside them"
 # rspamd's symbols (local.d/multimap.conf) and the rule that refuses on them.
 OUTSIDE_SYMBOL = "OIGNONS_FROM_OUTSIDE"
 OWN_FROM_SYMBOL = "OIGNONS_OWN_FROM"
