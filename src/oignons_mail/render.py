@@ -416,7 +416,11 @@ def own_domains_table(site: Site) -> Table:
 
 
 def open_internet_settings(site: Site) -> list[tuple[str, str]]:
-    """Bounds on what one outside client makes the relay do (mynetworks is exempt from the rates)."""
+    """Bounds on what one outside client makes the relay do (mynetworks is exempt from the rate).
+
+    smtpd_recipient_limit holds for every client, local programs included;
+    an outside client's recipients are bounded more tightly by the rate.
+    """
     limits = site.relay.client_limits
     return [
         ("smtpd_client_recipient_rate_limit", str(limits.recipient_rate_limit)),

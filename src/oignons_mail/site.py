@@ -680,8 +680,10 @@ def _parse_client_limits(table: _Table) -> ClientLimits:
 # [relay.client_limits]'s defaults for the keys a site may leave out: a real
 # sender writes to a few of the relay's addresses at once; a guesser or an
 # amplifier (one message to postmaster+0 ... postmaster+999) to hundreds.
+# smtpd_recipient_limit holds for local programs too: Mailman 3 sends a post
+# to up to 500 members in one transaction ([mta] max_recipients).
 CLIENT_RECIPIENT_RATE_LIMIT = 100
-CLIENT_RECIPIENTS_PER_MESSAGE = 20
+CLIENT_RECIPIENTS_PER_MESSAGE = 500
 
 
 # The responder's defaults when [relay.responder] leaves them out (README.md,

@@ -78,7 +78,7 @@ HARDENED_MAIN_CF = {
     "smtpd_client_message_rate_limit": "100",
     "smtpd_client_connection_count_limit": "10",
     "smtpd_client_recipient_rate_limit": "100",
-    "smtpd_recipient_limit": "20",
+    "smtpd_recipient_limit": "500",
     "smtpd_discard_ehlo_keywords": "silent-discard, dsn",
     "smtpd_tls_protocols": ">=TLSv1.2",
     "smtpd_tls_mandatory_protocols": ">=TLSv1.2",

@@ -112,7 +112,7 @@ def test_real_site_loads_into_the_model(data: Data) -> None:
         message_rate_limit=100,
         connection_count_limit=10,
         recipient_rate_limit=100,
-        recipients_per_message=20,
+        recipients_per_message=500,
     )
     assert site.smarthost.fingerprint_digest == "sha1"
     assert site.smarthost.relay_pins == (REAL_PIN,)
@@ -1067,7 +1067,7 @@ def test_client_limits_reach_main_cf(data: Data) -> None:
     assert "smtpd_client_connection_count_limit = 9" in lines
     # Left out: the defaults.
     assert "smtpd_client_recipient_rate_limit = 100" in lines
-    assert "smtpd_recipient_limit = 20" in lines
+    assert "smtpd_recipient_limit = 500" in lines
 
 
 def test_recipient_limits_reach_main_cf(data: Data) -> None:
