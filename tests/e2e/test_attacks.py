@@ -307,6 +307,14 @@ def _raw_smtp_from(bed: Testbed, address: str, steps: list[tuple[str, int]], con
         _without_world_address(bed, address)
 
 
+def _accepted_then_refused(bed: Testbed, attack: str, answers: list[str]) -> tuple[int, list[str]]:
+    """How many replies were 250, and the others; noted in the report."""
+    accepted = sum(1 for a in answers if a.startswith("250"))
+    refused = [a for a in answers if not a.startswith("250")]
+    note(bed, attack, f"{accepted} x 250, then {refused[:1]}")
+    return accepted, refused
+
+
 def test_connection_flood_is_cut_by_anvil(bed: Testbed) -> None:
     sessions = _raw_smtp_from(bed, RATE_ATTACKER_ADDRESS, [QUIT], connections=CONNECTION_RATE_LIMIT + 5)
     greetings = [session[0][1][0] if session[0][1] else "" for session in sessions]
@@ -323,9 +331,7 @@ def test_message_flood_is_cut_by_anvil(bed: Testbed) -> None:
     steps = [EHLO, *([mail, ("RSET\r\n", 1)] * (MESSAGE_RATE_LIMIT + 5)), QUIT]
     (session,) = _raw_smtp_from(bed, MESSAGE_ATTACKER_ADDRESS, steps)
     answers = reply_to(session, "MAIL")
-    accepted = sum(1 for a in answers if a.startswith("250"))
-    refused = [a for a in answers if not a.startswith("250")]
-    note(bed, f"{len(answers)} MAIL FROM in one session", f"{accepted} x 250, then {refused[:1]}")
+    accepted, refused = _accepted_then_refused(bed, f"{len(answers)} MAIL FROM in one session", answers)
     assert accepted == MESSAGE_RATE_LIMIT, answers[-6:]
     assert refused, answers[-3:]
     assert refused[0].startswith("4"), refused[0]
@@ -481,9 +487,8 @@ def test_recipients_of_one_message_are_bounded(bed: Testbed) -> None:
              ("DATA\r\n", 1), (body, 1), QUIT]  # fmt: skip
     (session,) = _raw_smtp_from(bed, FAN_OUT_ATTACKER_ADDRESS, steps)
     answers = reply_to(session, "RCPT")
-    accepted = sum(1 for a in answers if a.startswith("250"))
-    refused = [a for a in answers if not a.startswith("250")]
-    note(bed, f"one message to {len(recipients)} extensions of one alias", f"{accepted} x 250, then {refused[:1]}")
+    attack = f"one message to {len(recipients)} extensions of one alias"
+    accepted, refused = _accepted_then_refused(bed, attack, answers)
     assert accepted == bound, answers[-6:]
     assert refused, answers[-3:]
     assert refused[0].startswith("45"), refused
