@@ -9,7 +9,7 @@
 
 E2E_PACKAGES = systemd-container mmdebstrap debian-archive-keyring iproute2 util-linux openssl \
 	swaks libnet-ssleay-perl python3-pytest python3-pytest-xdist python3-dnspython python3-dkim python3-spf ldnsutils \
-	testssl.sh apt-utils gnupg python3-prometheus-client
+	testssl.sh apt-utils gnupg python3-prometheus-client nmap
 # Each pytest-xdist worker (or a run without it: main) writes its own report.
 E2E_REPORTS = build/e2e/*/report.txt
 # Test files run side by side, each whole in one worker (its test beds are

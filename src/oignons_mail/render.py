@@ -67,6 +67,10 @@ def render(site: Site) -> RenderedTree:
     files["relay/arc.conf"] = arc_config(site)
     files["relay/arc-keys"] = arc_key_list(site)
     files.update(fleet_files(site))
+    files["relay/rspamd-options.inc"] = rspamd_options(site)
+    files["relay/rspamd-multimap.conf"] = rspamd_multimap(site)
+    files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
+    files["relay/list_commands.regexp"] = list_commands_table(site)
     return files
 
 
@@ -203,12 +207,15 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
     heartbeat = postfix.table("heartbeat")
     client_limits = relay.client_limits
     exempt = "permit_mynetworks, permit_tls_clientcerts"
-    sender_restrictions = f"{exempt}, reject_non_fqdn_sender, reject_unknown_sender_domain"
+    # The site's own domains as envelope senders only from its own hosts.
+    own_senders = f"check_sender_access {postfix.table(OWN_DOMAINS_TABLE)}"
+    sender_restrictions = f"{exempt}, {own_senders}, reject_non_fqdn_sender, reject_unknown_sender_domain"
     recipient_restrictions = postfix.comma_list(
         [
             f"check_recipient_access {postfix.table('schleuder_superadmin')}",
             exempt,
             f"check_recipient_access {postfix.table('local_only_recipients')}",
+            f"check_recipient_access regexp:{LIST_COMMANDS_FILE}",
         ]
     )
     settings = [
@@ -232,10 +239,17 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_forbid_bare_newline_exclusions", "$mynetworks"),
         # A client that sends DATA before the server's replies invited it
         # (without PIPELINING) is a spam engine, or a smuggling attempt.
-        # ... and a node's mail gets its name from relay.node_pins by its
-        # certificate, in a header above the relay's Received: (the heartbeat
-        # receiver trusts only that copy).
-        ("smtpd_data_restrictions", f"reject_unauth_pipelining, check_ccert_access {postfix.table(HEARTBEAT_NODES)}"),
+        # A node's mail gets its name from relay.node_pins by its certificate, in
+        # a header above the relay's Received: (the heartbeat receiver trusts
+        # only that copy); mail from outside (neither a local program nor a
+        # node) is marked with a header only Postfix writes, and rspamd refuses
+        # it if its From: header names the site's domains (open_internet_settings).
+        # PREPEND does not end the restrictions: both apply.
+        (
+            "smtpd_data_restrictions",
+            f"reject_unauth_pipelining, check_ccert_access {postfix.table(HEARTBEAT_NODES)}, {exempt},"
+            f" {OUTSIDE_MARK_RESTRICTION}",
+        ),
         # VRFY would tell which aliases exist (the relay answered 252 to all).
         ("disable_vrfy_command", "yes"),
         ("smtpd_helo_required", "yes"),
@@ -256,6 +270,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         ("smtpd_client_connection_rate_limit", str(client_limits.connection_rate_limit)),
         ("smtpd_client_message_rate_limit", str(client_limits.message_rate_limit)),
         ("smtpd_client_connection_count_limit", str(client_limits.connection_count_limit)),
+        *open_internet_settings(site),
         ("smtpd_tls_ask_ccert", "yes"),
         ("smtpd_tls_fingerprint_digest", "sha256"),
         ("relay_clientcerts", postfix.table("relay_clientcerts")),
@@ -401,6 +416,7 @@ def relay_tables(site: Site) -> list[Table]:
                 ]
             ),
         ),
+        own_domains_table(site),
         Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
         *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),
@@ -412,6 +428,172 @@ def relay_tables(site: Site) -> list[Table]:
             postfix.map_lines([(pin, f"PREPEND {health.NODE_HEADER}: {node}") for node, pin in relay.node_pins]),
         ),
     ]
+
+
+# --- What an outside client can make the relay do (docs/open-internet.md) ---
+
+OWN_DOMAINS_TABLE = "own_domains"
+# The header Postfix prepends to mail from outside clients, and its value.
+OUTSIDE_MARK_HEADER = "X-Oignons-Origin"
+OUTSIDE_MARK_VALUE = "outside"
+OUTSIDE_MARK_RESTRICTION = f"check_client_access static:{{PREPEND {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE}}}"
+OWN_SENDER_REPLY = "REJECT the site's own domains send only from its relay and its nodes"
+FORGED_FROM_REPLY = "the From: header names this site's domains, from a client outside them"
+# rspamd's symbols (local.d/multimap.conf) and the rule that refuses on them.
+OUTSIDE_SYMBOL = "OIGNONS_FROM_OUTSIDE"
+OWN_FROM_SYMBOL = "OIGNONS_OWN_FROM"
+LOCAL_CLIENT_SYMBOL = "OIGNONS_LOCAL_CLIENT"
+
+
+def own_domains(site: Site) -> list[str]:
+    """The relay's destinations and the DKIM domains, each once (subdomains included where used)."""
+    return list(dict.fromkeys([*site.relay.destinations, *site.dkim.domains]))
+
+
+def own_subdomains_refused(site: Site) -> bool:
+    """Whether the subdomains of the site's domains are refused from outside too.
+
+    Only when the site pins its nodes (relay.node_pins): a node then proves
+    itself by its certificate before these checks.  A node without a pin is
+    an outside client to the relay, and its own mail (root@marcuse.<domain>)
+    must still reach root's list: then only the domains themselves are refused.
+    """
+    return bool(site.relay.node_pins)
+
+
+def own_domains_table(site: Site) -> Table:
+    """check_sender_access: the site's domains (and their subdomains, nodes pinned), refused from outside."""
+    forms = ("", ".") if own_subdomains_refused(site) else ("",)
+    keys = [f"{form}{domain}" for domain in own_domains(site) for form in forms]
+    return Table(OWN_DOMAINS_TABLE, "postmap", postfix.map_lines([(key, OWN_SENDER_REPLY) for key in keys]))
+
+
+def open_internet_settings(site: Site) -> list[tuple[str, str]]:
+    """Bounds on what one outside client makes the relay do (mynetworks is exempt from the rate).
+
+    smtpd_recipient_limit holds for every client, local programs included;
+    an outside client's recipients are bounded more tightly by the rate.
+    """
+    limits = site.relay.client_limits
+    return [
+        ("smtpd_client_recipient_rate_limit", str(limits.recipient_rate_limit)),
+        ("smtpd_recipient_limit", str(limits.recipients_per_message)),
+        # No DSN extension: NOTIFY=SUCCESS from a forged sender would make the
+        # relay mail a report to whoever the client named.
+        ("smtpd_discard_ehlo_keywords", "silent-discard, dsn"),
+    ]
+
+
+def rspamd_local_addrs() -> list[str]:
+    """rspamd's local networks: the relay's mynetworks (one source), without Postfix's brackets."""
+    return [network.replace("[", "").replace("]", "") for network in postfix.LOOPBACK_NETWORKS.split()]
+
+
+def rspamd_options(site: Site) -> str:
+    """override.d/options.inc: only what the relay declares local is local (signed, not checked)."""
+    source = PurePosixPath(site.source).name
+    networks = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
+    return (
+        f"# oignons-mail-relay: rspamd's local networks, generated from {source}.\n"
+        "# rspamd's default also counts 10/8, 172.16/12, 192.168/16, fd00::/8 and\n"
+        "# link-local as local: mail from there would be DKIM-signed and skip the\n"
+        "# SPF, DKIM and DMARC checks.  Only the relay's mynetworks are local here.\n"
+        f"local_addrs = [{networks}];\n"
+    )
+
+
+def rspamd_multimap(site: Site) -> str:
+    """local.d/multimap.conf: the symbols of forged own From: headers from outside."""
+    source = PurePosixPath(site.source).name
+    local = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
+    # Bare regular expressions: rspamd 3.12 takes a list entry that starts with "/" for a file.
+    start = "(^|\\\\.)" if own_subdomains_refused(site) else "^"
+    patterns = ", ".join(f'"(?i){start}' + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
+    return (
+        f"# oignons-mail-relay: symbols for forged own domains, generated from {source}.\n"
+        f"# {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE} is prepended by Postfix to mail from\n"
+        "# outside clients (not mynetworks, no node certificate).\n"
+        f"{OUTSIDE_SYMBOL} {{\n"
+        '  type = "header";\n'
+        f'  header = "{OUTSIDE_MARK_HEADER}";\n'
+        "  regexp = true;\n"
+        f'  map = ["^{OUTSIDE_MARK_VALUE}$"];\n'
+        '  description = "Mail from a client outside the site";\n'
+        "  score = 0.0;\n"
+        "}\n"
+        f"{OWN_FROM_SYMBOL} {{\n"
+        '  type = "header";\n'
+        '  header = "From";\n'
+        '  filter = "email:domain";\n'
+        "  regexp = true;\n"
+        f"  map = [{patterns}];\n"
+        '  description = "From: names one of the site\'s domains";\n'
+        "  score = 0.0;\n"
+        "}\n"
+        # A mark that came in with a post is still there when a list program
+        # sends its copy from 127.0.0.1: that copy is the relay's own.
+        f"{LOCAL_CLIENT_SYMBOL} {{\n"
+        '  type = "ip";\n'
+        f"  map = [{local}];\n"
+        '  description = "Mail from a local program";\n'
+        "  score = 0.0;\n"
+        "}\n"
+    )
+
+
+# The list addresses whose every message makes the list program answer its
+# sender (Mailman 3: command results; Schleuder: the list's key), refused
+# from outside: read from /usr/share, never built (a regexp table).
+LIST_COMMANDS_FILE = "/usr/share/oignons-mail-relay/list_commands.regexp"
+MAILMAN_COMMAND_SUFFIXES = ("-request", "-join", "-subscribe")
+LIST_COMMANDS_REPLY = "550 5.7.1 this list address answers mail from the site's own hosts only"
+
+
+def _regexp_literal(text: str) -> str:
+    """text matched literally by a POSIX extended regular expression (Postfix's regexp tables)."""
+    return "".join(f"\\{c}" if c in ".^$*+?()[]{}|\\" else c for c in text)
+
+
+def list_commands_table(site: Site) -> str:
+    """regexp:LIST_COMMANDS_FILE, for check_recipient_access after the site's own hosts are let through."""
+    source = PurePosixPath(site.source).name
+    delimiter = _regexp_literal(site.relay.recipient_delimiter)
+    extension = f"({delimiter}[^@]*)?"
+    lines = [
+        f"# list_commands.regexp: a table of oignons-mail-relay, generated from {source}.",
+        "# Package data, read by smtpd for clients outside mynetworks without a node",
+        "# certificate.  Schleuder's -request answers only a valid signature of a",
+        "# subscriber: kept; its -sendkey answers anyone with the list's key: refused.",
+    ]
+    for address in site.relay.schleuder_lists:
+        local, _, domain = address.partition("@")
+        lines.append(f"/^{_regexp_literal(local)}-request{extension}@{_regexp_literal(domain)}$/  DUNNO")
+        lines.append(
+            f"/^{_regexp_literal(local)}-sendkey{extension}@{_regexp_literal(domain)}$/  {LIST_COMMANDS_REPLY}"
+        )
+    suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_COMMAND_SUFFIXES)
+    lines.append(f"/^[^@]+-({suffixes}){extension}@/  {LIST_COMMANDS_REPLY}")
+    return "\n".join(lines) + "\n"
+
+
+def rspamd_force_actions(site: Site) -> str:
+    """local.d/force_actions.conf: a forged own From: from outside is refused whatever its score.
+
+    Refused at the end of DATA rather than marked: the client gets the 5xx,
+    nobody gets a bounce, and no list or alias hands the message on as if
+    the association had written it.
+    """
+    source = PurePosixPath(site.source).name
+    return (
+        f"# oignons-mail-relay: mail rspamd refuses whatever its score, generated from {source}.\n"
+        "rules {\n"
+        "  OIGNONS_FORGED_OWN_FROM {\n"
+        '    action = "reject";\n'
+        f'    expression = "{OUTSIDE_SYMBOL} & {OWN_FROM_SYMBOL} & !{LOCAL_CLIENT_SYMBOL}";\n'
+        f'    message = "{FORGED_FROM_REPLY}";\n'
+        "  }\n"
+        "}\n"
+    )
 
 
 def responder_config(site: Site) -> str:

@@ -213,7 +213,25 @@ SCHEMA: tuple[Table, ...] = (
         (
             Key("connection_rate_limit", "a whole number", "smtpd_client_connection_rate_limit.", "1 to 10000", "100"),
             Key("message_rate_limit", "a whole number", "smtpd_client_message_rate_limit.", "1 to 10000", "100"),
-            Key("connection_count_limit", "a whole number", "smtpd_client_connection_count_limit.", "1 to 10000", "20"),
+            Key("connection_count_limit", "a whole number", "smtpd_client_connection_count_limit.", "1 to 10000", "10"),
+            Key(
+                "recipient_rate_limit",
+                "a whole number",
+                "RCPT commands a minute per outside client (smtpd_client_recipient_rate_limit): what one outside"
+                " message to many +extensions can make at most.",
+                "1 to 10000",
+                "100",
+                default="100",
+            ),
+            Key(
+                "recipients_per_message",
+                "a whole number",
+                "Recipients of one message, for every client (smtpd_recipient_limit); Mailman 3 hands a post to"
+                " Postfix for up to 500 members at once: keep it at least 500 on a relay with Mailman lists.",
+                "1 to 10000",
+                "500",
+                default="500",
+            ),
         ),
     ),
     Table(

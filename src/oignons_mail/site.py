@@ -95,6 +95,11 @@ class ClientLimits:
     connection_rate_limit: int
     message_rate_limit: int
     connection_count_limit: int
+    # RCPT commands a minute (smtpd_client_recipient_rate_limit) and
+    # recipients of one message (smtpd_recipient_limit): what one outside
+    # client can fan out into deliveries.
+    recipient_rate_limit: int
+    recipients_per_message: int
 
 
 @dataclass(frozen=True)
@@ -781,9 +786,24 @@ def _parse_client_limits(table: _Table) -> ClientLimits:
         connection_rate_limit=table.integer("connection_rate_limit", client_limit),
         message_rate_limit=table.integer("message_rate_limit", client_limit),
         connection_count_limit=table.integer("connection_count_limit", client_limit),
+        recipient_rate_limit=_or_default(
+            table.optional_integer("recipient_rate_limit", client_limit), CLIENT_RECIPIENT_RATE_LIMIT
+        ),
+        recipients_per_message=_or_default(
+            table.optional_integer("recipients_per_message", client_limit), CLIENT_RECIPIENTS_PER_MESSAGE
+        ),
     )
     table.finish()
     return limits
+
+
+# [relay.client_limits]'s defaults for the keys a site may leave out: a real
+# sender writes to a few of the relay's addresses at once; a guesser or an
+# amplifier (one message to postmaster+0 ... postmaster+999) to hundreds.
+# smtpd_recipient_limit holds for local programs too: Mailman 3 sends a post
+# to up to 500 members in one transaction ([mta] max_recipients).
+CLIENT_RECIPIENT_RATE_LIMIT = 100
+CLIENT_RECIPIENTS_PER_MESSAGE = 500
 
 
 # The responder's defaults when [relay.responder] leaves them out (README.md,

@@ -10,17 +10,29 @@ test bed per pair; the mail-loop case deletes the machines list and runs last.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.machines import RELAY_WORLD_ADDRESS, SINK_ADDRESS, anvil_exemption, wait_until
-from tests.e2e.mail import raw_smtp, reply_to
-from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS, Testbed, new_message_id
+from tests.e2e.machines import CLEAN_CLIENT_ADDRESS, RELAY_WORLD_ADDRESS, SINK_ADDRESS, anvil_exemption, wait_until
+from tests.e2e.mail import Transcript, header, raw_smtp, reply_to, sendmail
+from tests.e2e.testbed import (
+    DOMAIN,
+    LIST_ADDRESS,
+    OUTSIDE_DOMAIN,
+    SMARTHOST_HOSTNAME,
+    TEST_ALIAS,
+    Testbed,
+    new_message_id,
+)
+from tests.system.debian_system import COMMAND_ENVIRONMENT
 
 SENDER = f"sender@{OUTSIDE_DOMAIN}"
 EHLO = ("EHLO attacker.elsewhere.test\r\n", 1)
@@ -236,6 +248,39 @@ def test_testssl_finds_nothing_not_ok_but_the_test_certificate(bed: Testbed) -> 
         assert unexpected == [], f"port {port}:\n" + "\n".join(unexpected)
 
 
+NMAP_TIMEOUT_SECONDS = 600.0
+
+
+def _nmap_sections(output: str) -> dict[str, str]:
+    """nmap's report per port ("25/tcp ..." up to the next port line)."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in output.splitlines():
+        found = re.match(r"^(\d+)/tcp\s", line)
+        if found:
+            current = found.group(1)
+            sections[current] = ""
+        elif current is not None and line.startswith("|"):
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_nmap_finds_no_open_relay_and_grades_tls_a(bed: Testbed) -> None:
+    """nmap's NSE scripts (Debian's package), the peer of testssl.sh: smtp-open-relay, ssl-enum-ciphers."""
+    arguments = f"smtp-open-relay.domain={OUTSIDE_DOMAIN},smtp-open-relay.ip={SINK_ADDRESS}"
+    command = ["nmap", "-Pn", "-n", "-p", "25,465", "--script", "smtp-open-relay,ssl-enum-ciphers",
+               "--script-args", arguments, RELAY_WORLD_ADDRESS]  # fmt: skip
+    with anvil_exemption(bed.relay, SINK_ADDRESS):
+        result = bed.world(command, NMAP_TIMEOUT_SECONDS).check("nmap")
+    sections = _nmap_sections(result.stdout)
+    grades = {port: re.findall(r"least strength: (\S+)", text) for port, text in sections.items()}
+    relay = [line.strip("|_ ") for line in sections.get("25", "").splitlines() if "relay" in line]
+    note(bed, "nmap ssl-enum-ciphers least strength", grades)
+    note(bed, "nmap smtp-open-relay on port 25", relay)
+    assert grades == {"25": ["A"], "465": ["A"]}, result.stdout[-4000:]
+    assert any("doesn't seem to be an open relay" in line for line in relay), result.stdout[-4000:]
+
+
 def command_of_testssl(port: int) -> list[str]:
     starttls = ["--starttls", "smtp"] if port == 25 else []
     return ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none", "--connect-timeout", "10",
@@ -253,12 +298,25 @@ def _without_world_address(bed: Testbed, address: str) -> None:
     bed.network.ip(bed.network.world, "address", "del", f"{address}/24", "dev", "to-bulbe")
 
 
-def test_connection_flood_is_cut_by_anvil(bed: Testbed) -> None:
-    _with_world_address(bed, RATE_ATTACKER_ADDRESS)
+def _raw_smtp_from(bed: Testbed, address: str, steps: list[tuple[str, int]], connections: int = 1) -> list[Transcript]:
+    """raw_smtp from an address of the world namespace used by this case only (anvil counts per address)."""
+    _with_world_address(bed, address)
     try:
-        sessions = raw_smtp(bed, [QUIT], source=RATE_ATTACKER_ADDRESS, connections=CONNECTION_RATE_LIMIT + 5)
+        return raw_smtp(bed, steps, source=address, connections=connections)
     finally:
-        _without_world_address(bed, RATE_ATTACKER_ADDRESS)
+        _without_world_address(bed, address)
+
+
+def _accepted_then_refused(bed: Testbed, attack: str, answers: list[str]) -> tuple[int, list[str]]:
+    """How many replies were 250, and the others; noted in the report."""
+    accepted = sum(1 for a in answers if a.startswith("250"))
+    refused = [a for a in answers if not a.startswith("250")]
+    note(bed, attack, f"{accepted} x 250, then {refused[:1]}")
+    return accepted, refused
+
+
+def test_connection_flood_is_cut_by_anvil(bed: Testbed) -> None:
+    sessions = _raw_smtp_from(bed, RATE_ATTACKER_ADDRESS, [QUIT], connections=CONNECTION_RATE_LIMIT + 5)
     greetings = [session[0][1][0] if session[0][1] else "" for session in sessions]
     welcomed = sum(1 for g in greetings if g.startswith("220 "))
     refused = [g for g in greetings if g.startswith("421 ")]
@@ -271,18 +329,233 @@ def test_connection_flood_is_cut_by_anvil(bed: Testbed) -> None:
 def test_message_flood_is_cut_by_anvil(bed: Testbed) -> None:
     mail = (f"MAIL FROM:<{SENDER}>\r\n", 1)
     steps = [EHLO, *([mail, ("RSET\r\n", 1)] * (MESSAGE_RATE_LIMIT + 5)), QUIT]
-    _with_world_address(bed, MESSAGE_ATTACKER_ADDRESS)
-    try:
-        (session,) = raw_smtp(bed, steps, source=MESSAGE_ATTACKER_ADDRESS)
-    finally:
-        _without_world_address(bed, MESSAGE_ATTACKER_ADDRESS)
+    (session,) = _raw_smtp_from(bed, MESSAGE_ATTACKER_ADDRESS, steps)
     answers = reply_to(session, "MAIL")
-    accepted = sum(1 for a in answers if a.startswith("250"))
-    refused = [a for a in answers if not a.startswith("250")]
-    note(bed, f"{len(answers)} MAIL FROM in one session", f"{accepted} x 250, then {refused[:1]}")
+    accepted, refused = _accepted_then_refused(bed, f"{len(answers)} MAIL FROM in one session", answers)
     assert accepted == MESSAGE_RATE_LIMIT, answers[-6:]
     assert refused, answers[-3:]
     assert refused[0].startswith("4"), refused[0]
+
+
+# --- The relay as an outsider's tool (docs/open-internet.md) ---------------------
+
+FLOOD_ADDRESSES = tuple(f"10.237.1.{n}" for n in range(20, 25))
+FLOOD_CONNECTIONS_PER_ADDRESS = 20
+# The promise: another client's greeting within 2 s of its connection, under
+# the flood, beyond what the same greeting takes without it (the control
+# absorbs the namespace's and Python's start on a loaded machine).
+FLOOD_BANNER_SECONDS = 2.0
+RECIPIENT_ATTACKER_ADDRESS = "10.237.1.11"
+HEADER_ATTACKER_ADDRESS = "10.237.1.12"
+
+
+def _data_reply(bed: Testbed, sender: str, header_from: str, recipient: str, word: str, *, source: str) -> str:
+    body = (f"Message-Id: <{new_message_id('forged-from')}>\r\nFrom: <{header_from}>\r\nTo: <{recipient}>\r\n"
+            f"Subject: from {header_from} {word}\r\n\r\n{word}\r\n.\r\n")  # fmt: skip
+    steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<{recipient}>\r\n", 1), ("DATA\r\n", 1),
+             (body, 1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps, source=source)
+    answers = reply_to(session, "Message-Id")
+    return answers[0] if answers else f"no reply to the data: {session}"
+
+
+@pytest.mark.parametrize("sender", [f"root@{DOMAIN}", f"root@marcuse.{DOMAIN}", "dons@nos-oignons.fr"])
+def test_own_domains_are_refused_as_envelope_senders_from_outside(bed: Testbed, sender: str) -> None:
+    steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<postmaster@{DOMAIN}>\r\n", 1), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    (answer,) = reply_to(session, "RCPT")
+    note(bed, f"MAIL FROM:<{sender}> from outside, RCPT TO:<postmaster@{DOMAIN}>", answer)
+    assert answer.startswith("554 5.7.1 "), answer
+    assert "own domains send only from its relay and its nodes" in answer, answer
+
+
+def test_a_forged_own_from_header_from_outside_is_refused_and_an_outside_one_delivered(bed: Testbed) -> None:
+    word = token()
+    recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"  # an alias to the sink
+    _with_world_address(bed, HEADER_ATTACKER_ADDRESS)
+    try:
+        attacker = HEADER_ATTACKER_ADDRESS
+        forged = _data_reply(bed, SENDER, f"root@{DOMAIN}", recipient, f"forged-{word}", source=attacker)
+        subdomain = _data_reply(bed, SENDER, f"cron@marcuse.{DOMAIN}", recipient, f"sub-{word}", source=attacker)
+        control = _data_reply(bed, SENDER, SENDER, recipient, f"control-{word}", source=attacker)
+    finally:
+        _without_world_address(bed, HEADER_ATTACKER_ADDRESS)
+    note(bed, f"From: root@{DOMAIN} from outside", forged)
+    note(bed, f"From: cron@marcuse.{DOMAIN} from outside", subdomain)
+    for answer in (forged, subdomain):
+        assert answer.startswith("5"), answer
+        assert "From: header names this site's domains" in answer, answer
+    assert control.startswith("250"), control
+    received = bed.sink.wait_for("the outside From: control", lambda m: f"control-{word}" in m.data, 90)
+    # Postfix's mark, read by rspamd: one, Postfix's own, whatever the client sent.
+    assert received.data.count("X-Oignons-Origin: outside") == 1, received.data[:3000]
+    time.sleep(QUIET_SECONDS)
+    assert sink_messages_with(bed, f"forged-{word}") == [], "the forged From: reached the sink"
+    assert sink_messages_with(bed, f"sub-{word}") == [], "the forged subdomain From: reached the sink"
+
+
+def test_node_mail_in_the_own_domain_still_reaches_an_alias(bed: Testbed) -> None:
+    """Positive control: a node (its certificate) sends as root@marcuse, through the relay."""
+    sent = sendmail(bed.smarthost, f"{TEST_ALIAS[0]}@{DOMAIN}", "node-own-from")
+    received = bed.sink.wait_for("the node's message", lambda m: sent.token in m.data, 120)
+    assert f"@{SMARTHOST_HOSTNAME}" in header(received.data, "From"), header(received.data, "From")
+    assert "X-Oignons-Origin" not in received.data, received.data[:3000]
+
+
+LIST_COMMAND_ADDRESSES = {
+    f"discussion-request@{DOMAIN}": "550",  # Mailman 3: "results of your email commands"
+    f"discussion-join@{DOMAIN}": "550",  # a subscription confirmation to whoever is named
+    f"discussion-subscribe+x@{DOMAIN}": "550",
+    f"machines-sendkey@{DOMAIN}": "550",  # Schleuder: the list's key to anyone
+    f"machines-request@{DOMAIN}": "250",  # Schleuder: answers a subscriber's valid signature only
+    f"machines@{DOMAIN}": "250",
+}
+
+
+def test_list_command_addresses_take_no_mail_from_outside(bed: Testbed) -> None:
+    addresses = list(LIST_COMMAND_ADDRESSES)
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *((f"RCPT TO:<{a}>\r\n", 1) for a in addresses), QUIT]
+    (session,) = raw_smtp(bed, steps)
+    answers = dict(zip(addresses, reply_to(session, "RCPT"), strict=True))
+    note(bed, "RCPT of list command addresses from outside", answers)
+    for address, code in LIST_COMMAND_ADDRESSES.items():
+        assert answers[address].startswith(code), answers
+    # Positive control: a local program may still write to them.
+    script = (
+        "import smtplib\n"
+        "with smtplib.SMTP('127.0.0.1', 25, timeout=30) as s:\n"
+        "    s.ehlo('bulbe.nos-oignons.net'); s.mail('root@bulbe.nos-oignons.net')\n"
+        f"    print(s.rcpt('machines-sendkey@{DOMAIN}')); s.rset()\n"
+    )
+    local = bed.relay.check("python3", input_text=script)
+    assert local.startswith("(250,"), local
+
+
+def _is_loopback(network: str) -> bool:
+    parsed = ipaddress.ip_network(network)
+    if isinstance(parsed, ipaddress.IPv4Network):
+        return parsed.subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
+    return any(parsed.subnet_of(ipaddress.IPv6Network(n)) for n in ("::ffff:127.0.0.0/104", "::1/128"))
+
+
+def test_rspamd_treats_only_the_relays_mynetworks_as_local(bed: Testbed) -> None:
+    dump = bed.relay.check("rspamadm configdump options", timeout=120)
+    found = re.search(r"(?ms)^local_addrs\s*\[(.*?)\]", dump)
+    assert found is not None, dump[-3000:]
+    networks = re.findall(r'"([^"]+)"', found.group(1))
+    note(bed, "rspamd's local_addrs", networks)
+    # rspamd adds 127.2.4.7 of its own: loopback too.
+    assert {"127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"} <= set(networks), found.group(0)
+    for network in networks:
+        assert _is_loopback(network), found.group(0)
+    # The test network (10.237.0.0/16, private) is the outside: its mail is checked (SPF) ...
+    word = token()
+    recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"
+    control = _data_reply(bed, SENDER, SENDER, recipient, f"checked-{word}", source=CLEAN_CLIENT_ADDRESS)
+    assert control.startswith("250"), control
+    received = bed.sink.wait_for("the checked message", lambda m: f"checked-{word}" in m.data, 90)
+    results = header(received.data, "Authentication-Results")
+    note(bed, "Authentication-Results of mail from a 10/8 client", results)
+    assert "spf=" in results, received.data[:3000]
+    # ... and not signed with the site's key.
+    assert f"d={DOMAIN}" not in received.data, received.data[:3000]
+
+
+def test_dsn_is_not_offered(bed: Testbed) -> None:
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1),
+             (f"RCPT TO:<postmaster@{DOMAIN}> NOTIFY=SUCCESS,FAILURE\r\n", 1), QUIT]  # fmt: skip
+    (session,) = raw_smtp(bed, steps)
+    (ehlo,) = reply_to(session, "EHLO")
+    (rcpt,) = reply_to(session, "RCPT")
+    note(bed, "RCPT TO NOTIFY=SUCCESS from outside", rcpt)
+    assert "DSN" not in ehlo.split("\n"), ehlo
+    assert ehlo.startswith("250"), ehlo
+    assert not rcpt.startswith("250"), rcpt
+
+
+FAN_OUT_ATTACKER_ADDRESS = "10.237.1.13"
+
+
+def test_recipients_of_one_message_are_bounded(bed: Testbed) -> None:
+    """One message to many extensions of one alias: at most the client's recipients a minute are accepted."""
+    limits = bed.artifacts.site.relay.client_limits
+    bound = min(limits.recipients_per_message, limits.recipient_rate_limit)
+    word = token()
+    recipients = [f"{TEST_ALIAS[0]}+{word}{n}@{DOMAIN}" for n in range(bound + 5)]
+    body = f"Subject: fan-out {word}\r\n\r\n{word}\r\n.\r\n"
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *((f"RCPT TO:<{r}>\r\n", 1) for r in recipients),
+             ("DATA\r\n", 1), (body, 1), QUIT]  # fmt: skip
+    (session,) = _raw_smtp_from(bed, FAN_OUT_ATTACKER_ADDRESS, steps)
+    answers = reply_to(session, "RCPT")
+    attack = f"one message to {len(recipients)} extensions of one alias"
+    accepted, refused = _accepted_then_refused(bed, attack, answers)
+    assert accepted == bound, answers[-6:]
+    assert refused, answers[-3:]
+    assert refused[0].startswith("45"), refused
+    bed.sink.wait_for("the fan-out message", lambda m: word in m.data, 90)
+
+    def settled() -> int | None:
+        before = len(sink_messages_with(bed, word))
+        time.sleep(QUIET_SECONDS)
+        after = len(sink_messages_with(bed, word))
+        return after if after == before else None
+
+    copies = wait_until("the fan-out's deliveries to settle", settled, 240)
+    note(bed, f"deliveries of that message at the sink ({bound} recipients accepted)", copies)
+    assert 1 <= copies <= bound, copies
+
+
+def test_recipient_guessing_is_cut_by_anvil(bed: Testbed) -> None:
+    limits = bed.artifacts.site.relay.client_limits
+    # Below smtpd_soft_error_limit (10) per session, as a guesser that reconnects.
+    per_session = 9
+    sessions = limits.recipient_rate_limit // per_session + 2
+    guesses = [(f"RCPT TO:<guess{n}@{DOMAIN}>\r\n", 1) for n in range(per_session)]
+    steps = [EHLO, (f"MAIL FROM:<{SENDER}>\r\n", 1), *guesses, QUIT]
+    transcripts = _raw_smtp_from(bed, RECIPIENT_ATTACKER_ADDRESS, steps, connections=sessions)
+    session = [step for transcript in transcripts for step in transcript]
+    answers = reply_to(session, "RCPT")
+    unknown = sum(1 for a in answers if a.startswith("550"))
+    limited = [a for a in answers if a.startswith("4")]
+    note(bed, f"{len(answers)} guessed recipients in {sessions} sessions", f"{unknown} x 550, then {limited[:1]}")
+    assert unknown <= limits.recipient_rate_limit, answers[-5:]
+    assert limited, answers[-5:]
+    assert "Too many recipients" in limited[0] or "too many" in limited[0].lower(), limited[0]
+
+
+def _banner_seconds(bed: Testbed) -> tuple[float, str]:
+    started = time.monotonic()
+    (session,) = raw_smtp(bed, [QUIT], source=CLEAN_CLIENT_ADDRESS, timeout=60)
+    greeting = session[0][1][0] if session[0][1] else ""
+    return time.monotonic() - started, greeting
+
+
+def test_port_25_greets_another_client_under_a_flood_of_idle_connections(bed: Testbed) -> None:
+    control, control_greeting = _banner_seconds(bed)
+    assert control_greeting.startswith("220 "), control_greeting
+    for address in FLOOD_ADDRESSES:
+        _with_world_address(bed, address)
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", bed.network.world, "/usr/bin/python3", str(Path(__file__).with_name("smtp_flood.py")),
+         RELAY_WORLD_ADDRESS, "25", str(FLOOD_CONNECTIONS_PER_ADDRESS), *FLOOD_ADDRESSES],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=COMMAND_ENVIRONMENT,
+    )  # fmt: skip
+    try:
+        assert flood.stdout is not None
+        counts = json.loads(flood.stdout.readline() or "{}")
+        flooded, greeting = _banner_seconds(bed)
+    finally:
+        if flood.stdin is not None:
+            flood.stdin.close()
+        flood.wait(30)
+        for address in FLOOD_ADDRESSES:
+            _without_world_address(bed, address)
+    note(bed, f"{len(FLOOD_ADDRESSES)} x {FLOOD_CONNECTIONS_PER_ADDRESS} idle connections", counts)
+    note(bed, "another client's greeting", f"{flooded:.2f} s under the flood, {control:.2f} s without")
+    assert greeting.startswith("220 "), greeting
+    limit = bed.artifacts.site.relay.client_limits.connection_count_limit
+    assert counts.get("greeted", 0) <= limit * len(FLOOD_ADDRESSES), counts
+    assert flooded - control < FLOOD_BANNER_SECONDS, f"{flooded:.2f} s under the flood, {control:.2f} s without"
 
 
 # --- Mail loops between root and Schleuder ---------------------------------------

@@ -70,3 +70,29 @@ def test_a_list_created_afterwards_receives_mail_over_smtp(bed: Testbed) -> None
     logged = wait_until(f"<{message_id}> in Mailman's log", in_mailman_log, 60)
     assert LIST_ADDRESS in logged or "e2e-mailman" in logged, logged
     print(f"{bed.name}: Postfix: {line}\nMailman: {logged}")
+
+
+NEW_LIST_ADDRESS = f"e2e-first-second@{DOMAIN}"
+
+
+def test_a_new_list_receives_from_its_first_second(bed: Testbed) -> None:
+    """Mail sent at once after `mailman create`: Mailman gets it, local(8) does not bounce it.
+
+    smtpd opens Mailman's rewritten table at once; trivial-rewrite and the
+    queue manager keep the old one until Postfix reloads, which the relay's
+    path unit does when the table changes.  A message just before the list
+    is created keeps trivial-rewrite's connections busy, as on a live relay.
+    """
+    wait_for_mailman(bed)
+    warm = bed.swaks("--from", f"stranger@{OUTSIDE_DOMAIN}", "--to", LIST_ADDRESS, source=CLEAN_CLIENT_ADDRESS)
+    assert final_reply(warm.stdout, "250 2.0.0"), replies(warm.stdout)
+    bed.relay.check(f"runuser -u list -- mailman create {NEW_LIST_ADDRESS}", timeout=120)
+    message_id = new_message_id("mailman-first-second")
+    sent = bed.swaks(
+        "--from", f"stranger@{OUTSIDE_DOMAIN}", "--to", NEW_LIST_ADDRESS,
+        "--header", f"Message-Id: <{message_id}>", source=CLEAN_CLIENT_ADDRESS,
+    )  # fmt: skip
+    assert final_reply(sent.stdout, "250 2.0.0"), f"the relay refused the new list's mail: {replies(sent.stdout)}"
+    line = wait_for_delivery(bed, bed.relay, message_id, rf"to=<{re.escape(NEW_LIST_ADDRESS)}>.*status=")
+    assert "status=sent" in line, line
+    assert f":{MAILMAN_LMTP_PORT}" in line, line

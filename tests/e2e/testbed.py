@@ -286,12 +286,11 @@ def _reverse(address: str) -> str:
 SCORED_SPAMMER = f"scored-spammer@{OUTSIDE_DOMAIN}"
 
 RSPAMD_TEST_FILES = {
-    # In the test network 10.237.0.0/16 plays the Internet: rspamd must not
-    # treat it as local (it would skip the blocklist and greylisting).
-    "override.d/options.inc": 'local_addrs = ["127.0.0.0/8", "::1"];\n'
+    # In the test network 10.237.0.0/16 plays the Internet: the package's own
+    # override.d/options.inc keeps rspamd from treating it as local.
     # GTUBE's "add header" variant (tests/e2e/test_mail.py), never on a real
     # relay: it lets a sender choose rspamd's action (3.8+, and before 3.8).
-    'gtube_patterns = "all";\nenable_test_patterns = true;\n',
+    "local.d/options.inc": 'gtube_patterns = "all";\nenable_test_patterns = true;\n',
     # The test blocklist, checked for the connecting client's address.
     "local.d/rbl.conf": (
         "rbls {\n"

@@ -60,20 +60,28 @@ WIKI_MAIN_CF = {
 HARDENED_MAIN_CF = {
     "smtpd_forbid_bare_newline": "normalize",
     "smtpd_forbid_bare_newline_exclusions": "$mynetworks",
-    "smtpd_data_restrictions": f"reject_unauth_pipelining, check_ccert_access hash:{TABLES}/heartbeat_nodes",
+    "smtpd_data_restrictions": (
+        f"reject_unauth_pipelining, check_ccert_access hash:{TABLES}/heartbeat_nodes, permit_mynetworks,"
+        " permit_tls_clientcerts, check_client_access static:{PREPEND X-Oignons-Origin: outside}"
+    ),
     "disable_vrfy_command": "yes",
     "smtpd_helo_required": "yes",
     "smtpd_sender_restrictions": (
-        "permit_mynetworks, permit_tls_clientcerts, reject_non_fqdn_sender, reject_unknown_sender_domain"
+        f"permit_mynetworks, permit_tls_clientcerts, check_sender_access hash:{TABLES}/own_domains,"
+        " reject_non_fqdn_sender, reject_unknown_sender_domain"
     ),
     "unknown_address_reject_code": "550",
     "smtpd_recipient_restrictions": (
         f"check_recipient_access hash:{TABLES}/schleuder_superadmin, permit_mynetworks, permit_tls_clientcerts,"
-        f" check_recipient_access hash:{TABLES}/local_only_recipients"
+        f" check_recipient_access hash:{TABLES}/local_only_recipients,"
+        " check_recipient_access regexp:/usr/share/oignons-mail-relay/list_commands.regexp"
     ),
     "smtpd_client_connection_rate_limit": "100",
     "smtpd_client_message_rate_limit": "100",
-    "smtpd_client_connection_count_limit": "20",
+    "smtpd_client_connection_count_limit": "10",
+    "smtpd_client_recipient_rate_limit": "100",
+    "smtpd_recipient_limit": "500",
+    "smtpd_discard_ehlo_keywords": "silent-discard, dsn",
     "smtpd_tls_protocols": ">=TLSv1.2",
     "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
     "tls_preempt_cipherlist": "yes",

@@ -10,6 +10,7 @@ rule, and the value as str(error) shows it.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,7 +122,11 @@ def test_real_site_loads_into_the_model(data: Data) -> None:
     assert relay.schleuder_lists == ("machines@nos-oignons.net",)
     assert relay.default_destination_concurrency_limit == 10
     assert relay.client_limits == ClientLimits(
-        connection_rate_limit=100, message_rate_limit=100, connection_count_limit=20
+        connection_rate_limit=100,
+        message_rate_limit=100,
+        connection_count_limit=10,
+        recipient_rate_limit=100,
+        recipients_per_message=500,
     )
     assert site.smarthost.fingerprint_digest == "sha1"
     assert site.smarthost.relay_pins == (REAL_PIN,)
@@ -1176,6 +1181,64 @@ def test_client_limits_reach_main_cf(data: Data) -> None:
     assert "smtpd_client_connection_rate_limit = 7" in lines
     assert "smtpd_client_message_rate_limit = 8" in lines
     assert "smtpd_client_connection_count_limit = 9" in lines
+    # Left out: the defaults.
+    assert "smtpd_client_recipient_rate_limit = 100" in lines
+    assert "smtpd_recipient_limit = 500" in lines
+
+
+def test_recipient_limits_reach_main_cf(data: Data) -> None:
+    data["relay"]["client_limits"].update({"recipient_rate_limit": 11, "recipients_per_message": 3})
+    lines = render(parse_site(data, "site.toml"))["relay/main.cf"].splitlines()
+    assert "smtpd_client_recipient_rate_limit = 11" in lines
+    assert "smtpd_recipient_limit = 3" in lines
+
+
+def own_domain_entries(files: dict[str, str]) -> dict[str, str]:
+    return dict(line.split(None, 1) for line in files["relay/tables.d/own_domains"].splitlines()
+                if line and not line.startswith("#"))  # fmt: skip
+
+
+def test_own_domains_are_refused_as_senders_from_outside(data: Data) -> None:
+    data["relay"]["node_pins"] = {"marcuse": "ab" * 32}
+    files = render(parse_site(data, "site.toml"))
+    entries = own_domain_entries(files)
+    for domain in ("nos-oignons.net", ".nos-oignons.net", "nos-oignons.fr", ".bulbe.tetaneutral.net"):
+        assert entries[domain].startswith("REJECT "), entries
+    assert '"(?i)(^|\\\\.)nos-oignons\\\\.net$"' in files["relay/rspamd-multimap.conf"]
+    restrictions = next(line for line in files["relay/main.cf"].splitlines() if line.startswith("smtpd_sender_r"))
+    assert restrictions.index("permit_tls_clientcerts") < restrictions.index("own_domains"), restrictions
+
+
+def test_without_node_pins_the_nodes_own_names_stay_open(data: Data) -> None:
+    """A node without a pin is an outside client: root@marcuse.<domain> must still reach root's list."""
+    files = render(parse_site(data, "site.toml"))
+    entries = own_domain_entries(files)
+    assert entries["nos-oignons.net"].startswith("REJECT ")
+    assert not [key for key in entries if key.startswith(".")], entries
+    multimap = files["relay/rspamd-multimap.conf"]
+    assert '"(?i)^nos-oignons\\\\.net$"' in multimap
+    assert "(^|" not in multimap
+
+
+def test_list_command_addresses_are_refused_from_outside_but_schleuders_request(data: Data) -> None:
+    table = render(parse_site(data, "site.toml"))["relay/list_commands.regexp"]
+    rules = [line.split("  ", 1) for line in table.splitlines() if line.startswith("/")]
+    patterns = [(re.compile(pattern.strip("/"), re.IGNORECASE), action) for pattern, action in rules]
+
+    def action(address: str) -> str:
+        return next((act for pattern, act in patterns if pattern.search(address)), "not found")
+
+    assert action("machines-request@nos-oignons.net") == "DUNNO"
+    for refused in ("machines-sendkey@nos-oignons.net", "discussion-request@nos-oignons.org",
+                    "discussion-join+x@nos-oignons.org", "Discussion-Subscribe@nos-oignons.fr"):  # fmt: skip
+        assert action(refused).startswith("550 5.7.1 "), refused
+    for kept in ("discussion@nos-oignons.org", "discussion-leave@nos-oignons.org", "postmaster@nos-oignons.net"):
+        assert action(kept) == "not found", kept
+
+
+def test_rspamd_counts_only_mynetworks_as_local(data: Data) -> None:
+    options = render(parse_site(data, "site.toml"))["relay/rspamd-options.inc"]
+    assert 'local_addrs = ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"];' in options.splitlines()
 
 
 def test_misspelt_key_message(data: Data) -> None:
