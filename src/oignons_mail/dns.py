@@ -96,7 +96,7 @@ def site_records(site: Site, relay_keys: Sequence[bytes], dkim_keys: Sequence[Dk
             )
         )
     dmarc = dmarc_value(site.dns.dmarc_policy, site.dns.dmarc_rua)
-    records += [DnsRecord(absolute(f"_dmarc.{d}"), "TXT", dmarc, f"DMARC of {d}") for d in site.dkim.domains]
+    records += [DnsRecord(absolute(f"_dmarc.{d}"), "TXT", dmarc, f"DMARC of {d}") for d in dmarc_domains(site)]
     records += report_authorisations(site)
     if site.dns.tlsrpt_rua:
         tlsrpt = tlsrpt_value(site.dns.tlsrpt_rua)
@@ -129,6 +129,17 @@ def node_spf_records(site: Site) -> list[DnsRecord]:
     ]
 
 
+def dmarc_domains(site: Site) -> tuple[str, ...]:
+    """The domains that get a DMARC record: the signing domains, and the site's domain when nodes send out.
+
+    A node's mail (From: root@NODE.<site domain>) passes DMARC by its SPF
+    record (node_spf_records) only where a policy exists: the receiver looks
+    for it at the node's name, then at the organisational domain, the site's.
+    """
+    extra = (site.domain,) if site.relay.node_pins and site.domain not in site.dkim.domains else ()
+    return (*site.dkim.domains, *extra)
+
+
 def _within(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
@@ -149,7 +160,7 @@ def report_authorisations(site: Site) -> list[DnsRecord]:
             DMARC_REPORT_AUTHORISATION,
             f"DMARC report authorisation of {domain} at {host}",
         )
-        for domain in site.dkim.domains
+        for domain in dmarc_domains(site)
         if not (_within(domain, host) or _within(host, domain))
     ]
 

@@ -11,6 +11,7 @@ the zone's TLSA record, or keep the mail queued.
 
 from __future__ import annotations
 
+import email.utils
 import re
 import shlex
 import shutil
@@ -474,16 +475,68 @@ def header_domain(data: str, name: str) -> str:
     return found.group(1).lower()
 
 
-def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes_spf(
-    bed: Testbed, postsrsd: None
-) -> None:
+# The strict sender's own DKIM key (the signed case): the harness's, published by the relay's unbound.
+STRICT_SELECTOR = "e2e"
+STRICT_DKIM_CONF = "/etc/unbound/unbound.conf.d/oignons-e2e-strict-dkim.conf"
+
+
+@pytest.fixture(scope="module")
+def strict_dkim_key(bed: Testbed) -> bytes:
+    """A PEM RSA key of the strict outside domain, its public half at e2e._domainkey.strict.elsewhere.test.
+
+    The record goes into a file of its own beside the test zone (local-data
+    of the static zone elsewhere.test), and stays for the rest of the bed.
+    """
+    directory = bed.run_directory / "strict-dkim"
+    directory.mkdir(exist_ok=True)
+    key = directory / f"{STRICT_SELECTOR}.key"
+    run(["openssl", "genrsa", "-out", str(key), "2048"]).check("openssl genrsa")
+    public = run(["openssl", "rsa", "-in", str(key), "-pubout"]).check("openssl rsa -pubout").stdout
+    value = "v=DKIM1; k=rsa; p=" + "".join(line for line in public.splitlines() if not line.startswith("-----"))
+    name = f"{STRICT_SELECTOR}._domainkey.{STRICT_DOMAIN}"
+    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    conf = bed.relay.system.root / STRICT_DKIM_CONF.lstrip("/")
+    conf.write_text(
+        f"# oignons-mail e2e: {STRICT_DOMAIN}'s DKIM key (test harness, not the package).\n"
+        f"server:\n    local-data: '{name}. TXT {strings}'\n",
+        encoding="utf-8",
+    )
+    bed.relay.check(f"chmod 0644 {STRICT_DKIM_CONF} && systemctl restart unbound", timeout=60)
+    wait_until(
+        f"the relay's unbound to publish {name}",
+        lambda: True if published_txt(bed, name) == value.encode("ascii") else None,
+        60,
+    )
+    return key.read_bytes()
+
+
+def strict_message(message_id: str, key: bytes | None) -> bytes:
+    """A message from the strict sender to the test alias; DKIM-signed by its domain (relaxed/relaxed) with `key`."""
+    user, _ = TEST_ALIAS
+    text = (
+        f"From: <{STRICT_SENDER}>\r\nTo: <{user}@{DOMAIN}>\r\nSubject: SRS test\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-Id: <{message_id}>\r\n\r\n"
+        f"SRS test\r\nToken: {message_id.partition('@')[0]}\r\n"
+    ).encode("ascii")
+    if key is None:
+        return text
+    relaxed = (b"relaxed", b"relaxed")
+    signature = dkim.sign(text, STRICT_SELECTOR.encode(), STRICT_DOMAIN.encode(), key, canonicalize=relaxed)
+    return bytes(signature) + text
+
+
+def forward_from_strict(bed: Testbed, label: str, key: bytes | None) -> Received:
+    """The strict sender's message (signed with `key`, if any) to the test alias, as the sink received it.
+
+    Checked here: the SRS envelope sender, SPF at the sink (pass for it, fail
+    for the original sender from the relay), and the relay's ARC seal.
+    """
     user, target = TEST_ALIAS
-    message_id = new_message_id("srs")
-    result = bed.swaks(
-        "--from", STRICT_SENDER, "--to", f"{user}@{DOMAIN}", "--header", f"Message-Id: <{message_id}>",
-        "--header", f"From: <{STRICT_SENDER}>", "--body", f"SRS test\nToken: {message_id.split('@')[0]}\n",
-        source=CLEAN_CLIENT_ADDRESS,
-    )  # fmt: skip
+    message_id = new_message_id(label)
+    data = bed.run_directory / f"{label}.eml"
+    data.write_bytes(strict_message(message_id, key))
+    result = bed.swaks("--from", STRICT_SENDER, "--to", f"{user}@{DOMAIN}", "--data", str(data),
+                       source=CLEAN_CLIENT_ADDRESS)  # fmt: skip
     assert final_reply(result.stdout, "250 2.0.0"), f"not accepted:\n{result.stdout[-2000:]}"
     received = bed.sink.wait_for(f"the forwarded message at {target}", lambda m: message_id in m.data, 90)
     assert SRS_SENDER_RE.fullmatch(received.mail_from), received.mail_from
@@ -492,11 +545,76 @@ def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes
     assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass"
     assert spf_result(bed, received.peer, STRICT_SENDER, RELAY_HOSTNAME) == "fail"
     assert spf_result(bed, CLEAN_CLIENT_ADDRESS, STRICT_SENDER, "client.elsewhere.test") == "pass"
-    bed.notes.append(f"SRS ({bed.name}): MAIL FROM:<{received.mail_from}>, SPF pass from {received.peer}")
+    bed.notes.append(f"SRS, {label} ({bed.name}): MAIL FROM:<{received.mail_from}>, SPF pass from {received.peer}")
     # The relay sealed what it received (ARC): the next receiver can trust the results it saw.
     seal = verify_arc(bed, received)
     assert seal == f"i=1 d={DOMAIN} s=arc cv=none", seal
-    bed.notes.append(f"ARC of the forwarded copy ({bed.name}): verifies, {seal}")
+    bed.notes.append(f"ARC, {label} ({bed.name}): verifies, {seal}; {arc_results(received)}")
+    return received
+
+
+def arc_results(message: Received) -> str:
+    """The relay's ARC-Authentication-Results (what it saw on arrival), unfolded."""
+    found = re.search(r"(?ms)^ARC-Authentication-Results:(.*?)(?=^\S)", message.data)
+    assert found is not None, f"no ARC-Authentication-Results header:\n{message.data[:3000]}"
+    return " ".join(found.group(1).split())
+
+
+def organisational_domain(domain: str) -> str:
+    """RFC 7489 3.2's organisational domain, simplified: the last two labels.
+
+    Enough for the test zones (no public suffix of more than one label:
+    test, net); a real receiver uses the Public Suffix List.
+    """
+    return ".".join(domain.lower().rstrip(".").split(".")[-2:])
+
+
+def dmarc_verdict(bed: Testbed, message: Received) -> str:
+    """DMARC (RFC 7489) at the sink, from pyspf's result, dkimpy's verification and the record of the test DNS.
+
+    `dmarc=pass|fail (...) p=POLICY`: pass when SPF passes for an envelope
+    domain aligned with the From: domain, or a DKIM signature verifies with a
+    d= aligned with it (relaxed: same organisational domain, strict: equal;
+    adkim= and aspf= of the record).
+    """
+    from_domain = header_domain(message.data, "From")
+    record = published_txt(bed, f"_dmarc.{from_domain}") or published_txt(
+        bed, f"_dmarc.{organisational_domain(from_domain)}"
+    )
+    assert record.startswith(b"v=DMARC1"), f"no DMARC record for {from_domain}: {record!r}"
+    tags = dict(re.findall(r"(\w+)\s*=\s*([^;\s]+)", record.decode("ascii")))
+
+    def aligned(domain: str, mode: str) -> bool:
+        if mode == "s":
+            return domain.lower() == from_domain
+        return organisational_domain(domain) == organisational_domain(from_domain)
+
+    envelope_domain = message.mail_from.rpartition("@")[2].lower()
+    spf_verdict = spf_result(bed, message.peer, message.mail_from, RELAY_HOSTNAME)
+    spf_aligned = spf_verdict == "pass" and aligned(envelope_domain, tags.get("aspf", "r"))
+    data = message.data.replace("\n", "\r\n").encode("utf-8")
+    signatures = re.findall(r"(?ms)^DKIM-Signature:.*?(?=^\S)", message.data)
+    dkim_found = []
+    for index, signature in enumerate(signatures):
+        signer = dict(re.findall(r"\b([ds])=([^;\s]+)", signature)).get("d", "")
+        verified = dkim.DKIM(data).verify(idx=index, dnsfunc=txt_lookup(bed))
+        dkim_found.append((signer, bool(verified) and aligned(signer, tags.get("adkim", "r"))))
+    passed = spf_aligned or any(ok for _, ok in dkim_found)
+    details = [f"spf={spf_verdict} smtp.mailfrom={envelope_domain} {'aligned' if spf_aligned else 'not aligned'}"]
+    details += [f"dkim d={d} {'pass, aligned' if ok else 'not pass or not aligned'}" for d, ok in dkim_found] or [
+        "no dkim"
+    ]
+    return f"dmarc={'pass' if passed else 'fail'} header.from={from_domain} ({'; '.join(details)}) p={tags.get('p')}"
+
+
+def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes_spf(
+    bed: Testbed, postsrsd: None
+) -> None:
+    """Without the sender's DKIM signature: SRS, SPF pass, ARC; DMARC of the From: domain fails (ARC is left)."""
+    received = forward_from_strict(bed, "srs", None)
+    verdict = dmarc_verdict(bed, received)
+    assert verdict.startswith("dmarc=fail "), verdict
+    bed.notes.append(f"DMARC at the sink, forwarded unsigned ({bed.name}): {verdict}")
 
     # A bounce to the SRS address reaches the original sender (whose MX is the sink too).
     bounce_id = new_message_id("srs-bounce")
@@ -507,6 +625,23 @@ def test_forwarded_mail_of_a_strict_domain_leaves_with_an_srs_sender_that_passes
     assert final_reply(bounce.stdout, "250 2.0.0"), f"the bounce was not accepted:\n{bounce.stdout[-2000:]}"
     back = bed.sink.wait_for(f"the bounce at {STRICT_SENDER}", lambda m: bounce_id in m.data, 90)
     assert back.rcpt_to == [STRICT_SENDER], back.rcpt_to
+
+
+def test_forwarded_mail_keeps_the_strict_senders_dkim_signature_and_passes_dmarc(
+    bed: Testbed, postsrsd: None, strict_dkim_key: bytes
+) -> None:
+    """With the sender's own DKIM signature: the relay changes nothing it signed; DMARC passes through DKIM."""
+    received = forward_from_strict(bed, "srs-signed", strict_dkim_key)
+    signer = verify_dkim(bed, received)
+    assert signer == f"d={STRICT_DOMAIN} s={STRICT_SELECTOR}", signer
+    bed.notes.append(f"DKIM of the forwarded signed copy ({bed.name}): verifies, {signer}")
+    # What the relay saw on arrival, sealed: the signature verified there too.
+    results = arc_results(received)
+    assert re.search(rf"\bdkim=pass\b[^;]*header\.d={re.escape(STRICT_DOMAIN)}", results), results
+    verdict = dmarc_verdict(bed, received)
+    assert verdict.startswith("dmarc=pass "), verdict
+    assert f"dkim d={STRICT_DOMAIN} pass, aligned" in verdict, verdict
+    bed.notes.append(f"DMARC at the sink, forwarded signed ({bed.name}): {verdict}")
 
 
 def test_a_forged_srs_address_is_refused_at_rcpt(bed: Testbed, postsrsd: None) -> None:
@@ -526,3 +661,6 @@ def test_a_node_mail_to_the_outside_passes_spf_aligned_with_its_from(bed: Testbe
     assert envelope_domain == header_domain(received.data, "From"), received.mail_from
     assert spf_result(bed, received.peer, received.mail_from, RELAY_HOSTNAME) == "pass", received.mail_from
     bed.notes.append(f"node mail ({bed.name}): MAIL FROM:<{received.mail_from}> SPF pass from {received.peer}")
+    verdict = dmarc_verdict(bed, received)
+    assert verdict.startswith("dmarc=pass "), verdict
+    bed.notes.append(f"DMARC at the sink, node mail ({bed.name}): {verdict}")

@@ -328,6 +328,22 @@ def test_each_node_that_may_send_anywhere_gets_an_spf_record_including_the_site_
     ]
 
 
+def test_the_site_domain_has_a_dmarc_record_when_nodes_send_out_though_it_does_not_sign() -> None:
+    """A node's mail passes DMARC by SPF: the policy at the site's domain must exist, signed or not."""
+    with SITE_FILE.open("rb") as file:
+        data: dict[str, Any] = copy.deepcopy(tomllib.load(file))
+    data["dkim"]["domains"] = ["nos-oignons.org"]
+    dmarc = [r.name for r in records(parse_site(data, "site.toml")) if r.what.startswith("DMARC of")]
+    assert dmarc == ["_dmarc.nos-oignons.org."]
+    data["relay"]["node_pins"] = {"marcuse": "aa:" * 31 + "aa"}
+    found = [(r.name, r.value) for r in records(parse_site(data, "site.toml")) if "_dmarc" in r.name]
+    assert found == [
+        ("_dmarc.nos-oignons.org.", "v=DMARC1; p=none; rua=mailto:postmaster@nos-oignons.net"),
+        ("_dmarc.nos-oignons.net.", "v=DMARC1; p=none; rua=mailto:postmaster@nos-oignons.net"),
+        ("nos-oignons.org._report._dmarc.nos-oignons.net.", "v=DMARC1;"),
+    ]
+
+
 def test_dmarc_reports_to_another_domain_print_its_authorisation(site: Site) -> None:
     found = [(r.name, r.value) for r in records(site) if "_report._dmarc" in r.name]
     # rua is postmaster@nos-oignons.net: .org and .fr must authorise it, .net needs nothing.
