@@ -71,7 +71,7 @@ lint: check-deps
 	shellcheck -s sh $(SHELL_SCRIPTS)
 	$(TOOL) validate $(SITE)
 
-# Errors and warnings fail; info and pedantic tags are shown (README.md says why they remain).
+# Errors and warnings fail; info and pedantic tags are shown (docs/testing.md, "Lintian", says why they remain).
 # The keyring package too, built as `oignons-mail repo` builds it (tests/qa/keyring_deb.py).
 lintian: check-deps
 	rm -rf build/lintian

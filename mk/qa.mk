@@ -1,4 +1,4 @@
-# Debian QA: sbuild, autopkgtest and piuparts (README.md, "Debian QA").  As root:
+# Debian QA: sbuild, autopkgtest and piuparts (docs/testing.md, "Debian QA").  As root:
 #   make sbuild       source package (build/qa/source), sbuild in unshare mode for each
 #                     release, then debian/tests with autopkgtest in an unshare testbed
 #   make autopkgtest  only the autopkgtests, on the .debs of the last `make sbuild`

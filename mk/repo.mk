@@ -1,4 +1,4 @@
-# The fleet's signed APT repository (src/oignons_mail/repo.py; README "Running a fleet").
+# The fleet's signed APT repository (src/oignons_mail/repo.py; docs/fleet.md, "Running a fleet").
 #   make repo REPO_URI=https://apt.example.org/oignons SITE=path/to/site.toml
 # builds the packages (make deb) and publishes them, with every version
 # published before, into dist/repo, signed with the key in

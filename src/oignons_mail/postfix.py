@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 # Where the packages build the tables they manage (their sources are the
-# package's data in /usr/share, not conffiles: see README).
+# package's data in /usr/share, not conffiles: see docs/administration.md).
 TABLE_DIRECTORY = "/etc/postfix/oignons-mail"
 # The administrator's own aliases, never shipped, searched before ours.
 LOCAL_ALIASES = "aliases.local"

@@ -264,7 +264,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
         # the host and the nodes only; from outside only the RFC 2142
         # addresses (postmaster, abuse, ...) are public.  Schleuder's notices
         # to its superadmin, root@localhost, are discarded (logged): they would
-        # go back into the list that failed (a mail loop, README.md).
+        # go back into the list that failed (a mail loop, docs/administration.md).
         ("smtpd_recipient_restrictions", recipient_restrictions),
         # anvil(8) limits per client address (mynetworks is exempt).
         ("smtpd_client_connection_rate_limit", str(client_limits.connection_rate_limit)),

@@ -272,7 +272,7 @@ def signing_key(home: Path, user_id: str, wanted: str | None) -> str:
     if len(fingerprints) != 1:
         raise RepositoryError(
             f"{home} holds {len(fingerprints)} secret keys ({', '.join(fingerprints) or 'none'})\n"
-            f"  hint: choose the one that signs with {SIGNING_KEY_VARIABLE}=FINGERPRINT (a key rotation: README.md)"
+            f"  hint: choose the one that signs with {SIGNING_KEY_VARIABLE}=FINGERPRINT (a key rotation: docs/fleet.md)"
         )
     return fingerprints[0]
 

@@ -806,7 +806,7 @@ CLIENT_RECIPIENT_RATE_LIMIT = 100
 CLIENT_RECIPIENTS_PER_MESSAGE = 500
 
 
-# The responder's defaults when [relay.responder] leaves them out (README.md,
+# The responder's defaults when [relay.responder] leaves them out (docs/administration.md,
 # "The donation responder"): 20 replies an hour in all is plenty for donors
 # and little backscatter; a few processes and two minutes (one SMTP timeout
 # plus one lock wait) bound what a flood of messages can take from the host.

@@ -1,6 +1,6 @@
 """debian/tests/control against what `make sbuild` runs it with (autopkgtest-virt-unshare).
 
-Fast and static: the tests themselves run in `make sbuild` (README.md, "Debian QA").
+Fast and static: the tests themselves run in `make sbuild` (docs/testing.md, "Debian QA").
 """
 
 from __future__ import annotations
