@@ -21,12 +21,16 @@ CONFFILES = {
     "oignons-mail": [],
     "oignons-mail-smarthost": [],
     "oignons-mail-relay": [
+        "/etc/rspamd/local.d/arc.conf",
         "/etc/rspamd/local.d/dkim_signing.conf",
+        "/etc/rspamd/local.d/force_actions.conf",
         "/etc/rspamd/local.d/greylist.conf",
         "/etc/rspamd/local.d/milter_headers.conf",
+        "/etc/rspamd/local.d/multimap.conf",
         "/etc/rspamd/local.d/redis.conf",
         "/etc/rspamd/local.d/rspamd.lua",
         "/etc/rspamd/local.d/worker-proxy.inc",
+        "/etc/rspamd/override.d/options.inc",
     ],
     repo.KEYRING_PACKAGE: [
         "/etc/apt/sources.list.d/oignons-mail.sources",
