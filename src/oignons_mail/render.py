@@ -450,21 +450,15 @@ def own_domains(site: Site) -> list[str]:
     return list(dict.fromkeys([*site.relay.destinations, *site.dkim.domains]))
 
 
-def own_subdomains_refused(site: Site) -> bool:
-    """Whether the subdomains of the site's domains are refused from outside too.
-
-    Only when the site pins its nodes (relay.node_pins): a node then proves
-    itself by its certificate before these checks.  A node without a pin is
-    an outside client to the relay, and its own mail (root@marcuse.<domain>)
-    must still reach root's list: then only the domains themselves are refused.
-    """
-    return bool(site.relay.node_pins)
-
-
 def own_domains_table(site: Site) -> Table:
-    """check_sender_access: the site's domains (and their subdomains, nodes pinned), refused from outside."""
-    forms = ("", ".") if own_subdomains_refused(site) else ("",)
-    keys = [f"{form}{domain}" for domain in own_domains(site) for form in forms]
+    """check_sender_access: the site's domains, refused as senders from outside.
+
+    The domains themselves, not their subdomains: a node whose certificate the
+    relay does not know (no pin yet, a new key) is an outside client, and its
+    own mail (root@marcuse.<domain>) must still reach root's list, as it always
+    has; refused, it would bounce to the same broken path.
+    """
+    keys = list(own_domains(site))
     return Table(OWN_DOMAINS_TABLE, "postmap", postfix.map_lines([(key, OWN_SENDER_REPLY) for key in keys]))
 
 
@@ -507,8 +501,8 @@ def rspamd_multimap(site: Site) -> str:
     source = PurePosixPath(site.source).name
     local = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
     # Bare regular expressions: rspamd 3.12 takes a list entry that starts with "/" for a file.
-    start = "(^|\\\\.)" if own_subdomains_refused(site) else "^"
-    patterns = ", ".join(f'"(?i){start}' + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
+    # The domains themselves, not their subdomains (own_domains_table says why).
+    patterns = ", ".join('"(?i)^' + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
     return (
         f"# oignons-mail-relay: symbols for forged own domains, generated from {source}.\n"
         f"# {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE} is prepended by Postfix to mail from\n"

@@ -359,7 +359,8 @@ def _data_reply(bed: Testbed, sender: str, header_from: str, recipient: str, wor
     return answers[0] if answers else f"no reply to the data: {session}"
 
 
-@pytest.mark.parametrize("sender", [f"root@{DOMAIN}", f"root@marcuse.{DOMAIN}", "dons@nos-oignons.fr"])
+# The domains themselves; their subdomains stay open to nodes the relay does not know (docs/open-internet.md).
+@pytest.mark.parametrize("sender", [f"root@{DOMAIN}", f"root@bulbe.{DOMAIN}", "dons@nos-oignons.fr"])
 def test_own_domains_are_refused_as_envelope_senders_from_outside(bed: Testbed, sender: str) -> None:
     steps = [EHLO, (f"MAIL FROM:<{sender}>\r\n", 1), (f"RCPT TO:<postmaster@{DOMAIN}>\r\n", 1), QUIT]
     (session,) = raw_smtp(bed, steps)
@@ -376,12 +377,12 @@ def test_a_forged_own_from_header_from_outside_is_refused_and_an_outside_one_del
     try:
         attacker = HEADER_ATTACKER_ADDRESS
         forged = _data_reply(bed, SENDER, f"root@{DOMAIN}", recipient, f"forged-{word}", source=attacker)
-        subdomain = _data_reply(bed, SENDER, f"cron@marcuse.{DOMAIN}", recipient, f"sub-{word}", source=attacker)
+        subdomain = _data_reply(bed, SENDER, f"cron@bulbe.{DOMAIN}", recipient, f"sub-{word}", source=attacker)
         control = _data_reply(bed, SENDER, SENDER, recipient, f"control-{word}", source=attacker)
     finally:
         _without_world_address(bed, HEADER_ATTACKER_ADDRESS)
     note(bed, f"From: root@{DOMAIN} from outside", forged)
-    note(bed, f"From: cron@marcuse.{DOMAIN} from outside", subdomain)
+    note(bed, f"From: cron@bulbe.{DOMAIN} from outside", subdomain)
     for answer in (forged, subdomain):
         assert answer.startswith("5"), answer
         assert "From: header names this site's domains" in answer, answer
@@ -457,8 +458,9 @@ def test_rspamd_treats_only_the_relays_mynetworks_as_local(bed: Testbed) -> None
     results = header(received.data, "Authentication-Results")
     note(bed, "Authentication-Results of mail from a 10/8 client", results)
     assert "spf=" in results, received.data[:3000]
-    # ... and not signed with the site's key.
-    assert f"d={DOMAIN}" not in received.data, received.data[:3000]
+    # ... and not DKIM-signed with the site's key (the client sent no signature, so none at all; the ARC seal
+    # the relay adds to what it receives for forwarding vouches only for the results it found).
+    assert header(received.data, "DKIM-Signature") == "", received.data[:3000]
 
 
 def test_dsn_is_not_offered(bed: Testbed) -> None:

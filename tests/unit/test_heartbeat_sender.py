@@ -11,21 +11,26 @@ from pathlib import Path
 from oignons_mail import health
 
 REPO = Path(__file__).resolve().parents[2]
-NOW = int(time.time())
-QUEUE = [
-    {"queue_name": "active", "arrival_time": NOW - 3, "recipients": [{"address": "a@b.c"}]},
-    {
-        "queue_name": "deferred",
-        "arrival_time": NOW - 7200,
-        "recipients": [{"address": "m@n.o", "delay_reason": "connect to bulbe: Connection refused"}],
-    },
-    {
-        "queue_name": "deferred",
-        "arrival_time": NOW - 60,
-        "recipients": [{"address": "m@n.o", "delay_reason": 'Server certificate not verified "x"'}],
-    },
-    {"queue_name": "hold", "arrival_time": NOW - 5, "recipients": [{"address": "h@n.o"}]},
-]
+
+
+def queue(now: int) -> list[dict[str, object]]:
+    """`postqueue -j`'s messages, aged from `now` (taken when the test runs: collection may be long before)."""
+    return [
+        {"queue_name": "active", "arrival_time": now - 3, "recipients": [{"address": "a@b.c"}]},
+        {
+            "queue_name": "deferred",
+            "arrival_time": now - 7200,
+            "recipients": [{"address": "m@n.o", "delay_reason": "connect to bulbe: Connection refused"}],
+        },
+        {
+            "queue_name": "deferred",
+            "arrival_time": now - 60,
+            "recipients": [{"address": "m@n.o", "delay_reason": 'Server certificate not verified "x"'}],
+        },
+        {"queue_name": "hold", "arrival_time": now - 5, "recipients": [{"address": "h@n.o"}]},
+    ]
+
+
 COMMANDS = {
     "postconf": """case "$*" in
   "-h myhostname") echo Marcuse.nos-oignons.net ;;
@@ -67,7 +72,8 @@ def run_sender(tmp_path: Path, queue_lines: str, prometheus: Path) -> subprocess
 def test_the_sent_heartbeat_parses(tmp_path: Path) -> None:
     prometheus = tmp_path / "node-exporter"
     prometheus.mkdir()
-    run_sender(tmp_path, "".join(json.dumps(m) + "\n" for m in QUEUE), prometheus)
+    now = int(time.time())
+    run_sender(tmp_path, "".join(json.dumps(m) + "\n" for m in queue(now)), prometheus)
     assert (tmp_path / "message.args").read_text(encoding="utf-8") == "-oi -f root heartbeat@nos-oignons.net\n"
     received = health.parse_message((tmp_path / "message").read_bytes())
     heartbeat = received.heartbeat
@@ -76,7 +82,7 @@ def test_the_sent_heartbeat_parses(tmp_path: Path) -> None:
     assert 7200 <= heartbeat.oldest_deferred_seconds < 7300
     assert heartbeat.deferral_reason == 'Server certificate not verified "x"'
     assert heartbeat.queue_free_bytes == 2048 * 1024
-    assert abs(heartbeat.timestamp - NOW) < 60
+    assert abs(heartbeat.timestamp - now) < 60
     figures = (prometheus / health.PROMETHEUS_FILE).read_text(encoding="utf-8")
     assert 'oignons_mail_queue_messages{queue="deferred"} 2\n' in figures
     assert [p.name for p in prometheus.iterdir()] == [health.PROMETHEUS_FILE]
