@@ -71,6 +71,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/rspamd-multimap.conf"] = rspamd_multimap(site)
     files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
     files["relay/list_commands.regexp"] = list_commands_table(site)
+    files["relay/own_domains.regexp"] = own_domains_table(site)
     return files
 
 
@@ -208,7 +209,7 @@ def relay_settings(site: Site) -> list[tuple[str, str]]:
     client_limits = relay.client_limits
     exempt = "permit_mynetworks, permit_tls_clientcerts"
     # The site's own domains as envelope senders only from its own hosts.
-    own_senders = f"check_sender_access {postfix.table(OWN_DOMAINS_TABLE)}"
+    own_senders = f"check_sender_access regexp:{OWN_DOMAINS_FILE}"
     sender_restrictions = f"{exempt}, {own_senders}, reject_non_fqdn_sender, reject_unknown_sender_domain"
     recipient_restrictions = postfix.comma_list(
         [
@@ -416,7 +417,6 @@ def relay_tables(site: Site) -> list[Table]:
                 ]
             ),
         ),
-        own_domains_table(site),
         Table("relay_clientcerts", "postmap", postfix.map_lines([(pin, node) for node, pin in relay.node_pins])),
         Table("transport", "postmap", postfix.map_lines(routes)),
         *([Table("schleuder", "postmap", postfix.map_lines(schleuder))] if schleuder else []),
@@ -432,7 +432,9 @@ def relay_tables(site: Site) -> list[Table]:
 
 # --- What an outside client can make the relay do (docs/open-internet.md) ---
 
-OWN_DOMAINS_TABLE = "own_domains"
+# A regexp table, not hash: with Postfix's default parent_domain_matches_subdomains
+# a hash key "example.org" also matches every subdomain, which must stay open.
+OWN_DOMAINS_FILE = "/usr/share/oignons-mail-relay/own_domains.regexp"
 # The header Postfix prepends to mail from outside clients, and its value.
 OUTSIDE_MARK_HEADER = "X-Oignons-Origin"
 OUTSIDE_MARK_VALUE = "outside"
@@ -450,16 +452,23 @@ def own_domains(site: Site) -> list[str]:
     return list(dict.fromkeys([*site.relay.destinations, *site.dkim.domains]))
 
 
-def own_domains_table(site: Site) -> Table:
-    """check_sender_access: the site's domains, refused as senders from outside.
+def own_domains_table(site: Site) -> str:
+    """regexp:OWN_DOMAINS_FILE, for check_sender_access: the site's domains, refused as senders from outside.
 
     The domains themselves, not their subdomains: a node whose certificate the
     relay does not know (no pin yet, a new key) is an outside client, and its
     own mail (root@marcuse.<domain>) must still reach root's list, as it always
     has; refused, it would bounce to the same broken path.
     """
-    keys = list(own_domains(site))
-    return Table(OWN_DOMAINS_TABLE, "postmap", postfix.map_lines([(key, OWN_SENDER_REPLY) for key in keys]))
+    source = PurePosixPath(site.source).name
+    lines = [
+        f"# own_domains.regexp: a table of oignons-mail-relay, generated from {source}.",
+        "# Package data, read by smtpd for clients outside mynetworks without a node",
+        "# certificate: the site's domains themselves (not their subdomains) as senders.",
+    ]
+    reply = OWN_SENDER_REPLY
+    lines += [f"/@{_regexp_literal(domain)}$/  {reply}" for domain in own_domains(site)]
+    return "\n".join(lines) + "\n"
 
 
 def open_internet_settings(site: Site) -> list[tuple[str, str]]:

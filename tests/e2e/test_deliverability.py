@@ -53,7 +53,7 @@ from tests.e2e.testbed import (
     new_message_id,
     wait_for_relay_services,
 )
-from tests.system.debian_system import MIRROR
+from tests.system.debian_system import MIRROR, cache_directory
 
 # python3-dkim is an end-to-end dependency (make e2e-deps), not a build-dependency:
 # without it, `make unit` collects this file and skips it.
@@ -395,7 +395,10 @@ def debian_deb(release: str, package: str, directory: Path) -> Path:
     found = sorted((directory / "debs").glob(f"{package}_*.deb"))
     if not found:
         command = f"apt-get {options} update -qq && cd {directory}/debs && apt-get {options} download {package}"
-        run(["sh", "-c", command], timeout=APT_TIMEOUT).check(f"apt-get download {package} ({release})")
+        # The archive is the one thing here across the network: a second try before the test gives up.
+        first = run(["sh", "-c", command], timeout=APT_TIMEOUT)
+        if first.returncode != 0:
+            run(["sh", "-c", command], timeout=APT_TIMEOUT).check(f"apt-get download {package} ({release})")
         found = sorted((directory / "debs").glob(f"{package}_*.deb"))
     assert len(found) == 1, found
     return found[0]
@@ -426,7 +429,8 @@ def postsrsd(bed: Testbed) -> None:
     )
 
 
-WORK_APT = Path(__file__).resolve().parents[2] / "build" / "e2e-apt"
+# Kept with the base systems (one download per machine and release, not per checkout).
+WORK_APT = cache_directory() / "e2e-apt"
 
 
 def spf_result(bed: Testbed, client: str, sender: str, helo: str) -> str:

@@ -67,7 +67,8 @@ HARDENED_MAIN_CF = {
     "disable_vrfy_command": "yes",
     "smtpd_helo_required": "yes",
     "smtpd_sender_restrictions": (
-        f"permit_mynetworks, permit_tls_clientcerts, check_sender_access hash:{TABLES}/own_domains,"
+        "permit_mynetworks, permit_tls_clientcerts,"
+        " check_sender_access regexp:/usr/share/oignons-mail-relay/own_domains.regexp,"
         " reject_non_fqdn_sender, reject_unknown_sender_domain"
     ),
     "unknown_address_reject_code": "550",
