@@ -102,7 +102,9 @@ class FleetSite:
         return {name: f"10.237.0.{index}" for index, name in enumerate(names, 1)}
 
 
-DEFAULT_FLEET_SITE = FleetSite(DOMAIN, "bulbe", (("marcuse", "bookworm"), ("ekumen", "trixie")))
+# Each node presents its own certificate, pinned in relay.node_pins: the relay
+# knows it by name (its heartbeats are recorded under that name).
+DEFAULT_FLEET_SITE = FleetSite(DOMAIN, "bulbe", (("marcuse", "bookworm"), ("ekumen", "trixie")), node_certificate=True)
 
 # The nodes: a standard Debian system with exim4, systemd to boot,
 # unattended-upgrades; the Debian packages apt will want for
@@ -203,7 +205,7 @@ class FleetArtifacts:
     work: Path
     relay_old: KeyPair
     relay_new: KeyPair
-    node_key: KeyPair
+    node_keys: dict[str, KeyPair]  # the nodes pinned in relay.node_pins, by name
     releases: tuple[Release, ...]  # N, N+1, N+2 (the default site's)
     gnupg_home: Path
     archive: repo.Archive
@@ -223,10 +225,11 @@ def build_fleet_artifacts(work: Path = WORK) -> FleetArtifacts:
     relay_old = make_key_pair(keys, RELAY_HOSTNAME)
     (keys / "next").mkdir()
     relay_new = make_key_pair(keys / "next", RELAY_HOSTNAME)
-    node_key = make_key_pair(keys, f"node.{DOMAIN}")
+    node_keys = {name: make_key_pair(keys, f"{name}.{DOMAIN}") for name, _ in DEFAULT_FLEET_SITE.nodes}
     digest = load_site(REPOSITORY / "sites" / "nos-oignons.toml").smarthost.fingerprint_digest
     old_pin, new_pin = relay_old.pins[digest], relay_new.pins[digest]
-    base = write_test_site(old_pin, node_key.pins["sha256"], work / "site-base.toml").read_text(encoding="utf-8")
+    node_pins = {name: key.pins["sha256"] for name, key in node_keys.items()}
+    base = write_test_site(old_pin, node_pins, work / "site-base.toml").read_text(encoding="utf-8")
     entry = release_entry(REPOSITORY)
     n = entry.version
     plan = [
@@ -241,7 +244,7 @@ def build_fleet_artifacts(work: Path = WORK) -> FleetArtifacts:
         assert debs, f"release {name} built no .deb in {dist}"
         releases.append(Release(version, debs, pins))
     archive = repo.Archive(REPO_URI, DOMAIN, entry.maintainer)
-    return FleetArtifacts(work, relay_old, relay_new, node_key, (releases[0], releases[1], releases[2]),
+    return FleetArtifacts(work, relay_old, relay_new, node_keys, (releases[0], releases[1], releases[2]),
                           work / "gnupg", archive, entry.date)  # fmt: skip
 
 
@@ -301,7 +304,8 @@ def build_published_site(site: FleetSite, fixture: Path, work: Path) -> FleetArt
     debs = tuple(sorted((source / "dist").glob("*_all.deb")))
     entry = release_entry(REPOSITORY)
     archive = repo.Archive(REPO_URI, site.domain, load_site(site_file).package.maintainer)
-    return FleetArtifacts(work, relay_key, relay_key, node_key, (Release(version, debs, (relay_key.pins[digest],)),),
+    return FleetArtifacts(work, relay_key, relay_key, {first_node: node_key},
+                          (Release(version, debs, (relay_key.pins[digest],)),),
                           work / "gnupg", archive, entry.date, site)  # fmt: skip
 
 
@@ -428,10 +432,15 @@ def prepare_fleet_relay(system: DebianSystem, artifacts: FleetArtifacts, api_key
     # The relay is installed from the repository's files before it boots, as
     # the other e2e tests do; the nodes bootstrap over the network.
     keyring = next(d for d in (artifacts.work / "www/repo").glob("*-archive-keyring.deb"))
-    relay_deb = next(d for d in artifacts.releases[0].debs if d.name.startswith("oignons-mail-relay_"))
-    for deb in (keyring, relay_deb):
+    # With the tool (`oignons-mail fleet`), as the relay's Recommends bring it.
+    debs = [
+        keyring,
+        *(d for d in artifacts.releases[0].debs if d.name.startswith(("oignons-mail-relay_", "oignons-mail_"))),
+    ]
+    for deb in debs:
         system.copy_in(deb, f"/root/{deb.name}")
-    system.run(f"set -e\ndpkg -i /root/{keyring.name} /root/{relay_deb.name}").check("dpkg -i on the fleet relay")
+    installed = " ".join(f"/root/{deb.name}" for deb in debs)
+    system.run(f"set -e\ndpkg -i {installed}").check("dpkg -i on the fleet relay")
     # unbound_zone() has bulbe and marcuse (the other e2e tests' relay and node) already.
     hosts = [(f"{name}.{fleet_site.domain}", address) for name, address in addresses.items()]
     others = [(host, address) for host, address in hosts if host not in (RELAY_HOSTNAME, SMARTHOST_HOSTNAME)]
@@ -452,11 +461,12 @@ def prepare_node(system: DebianSystem, name: str, artifacts: FleetArtifacts) -> 
     addresses = fleet_site.addresses
     set_network_files(system, f"{name}.{fleet_site.domain}", addresses[name], addresses[fleet_site.relay])
     remove_debian_sources(system)
-    if fleet_site.node_certificate:
+    node_key = artifacts.node_keys.get(name)
+    if fleet_site.node_certificate and node_key is not None:
         smarthost = load_site(artifacts.work / "site-N.toml").smarthost
         # No ssl-cert group before the bootstrap: Postfix reads the key as root.
-        install_file(system, artifacts.node_key.certificate, smarthost.tls_cert_file, 0o644)
-        install_file(system, artifacts.node_key.key, smarthost.tls_key_file, 0o600)
+        install_file(system, node_key.certificate, smarthost.tls_cert_file, 0o644)
+        install_file(system, node_key.key, smarthost.tls_key_file, 0o600)
     install_file(system, local_mirror_sources(system.release), "/etc/apt/sources.list.d/local-mirror.sources", 0o644)
 
 

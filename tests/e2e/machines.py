@@ -225,13 +225,30 @@ class Container:
     def start_failed_units_again(self) -> str:
         """Start the units that failed during the boot once more; return the system's state then.
 
-        Only the units of FLAKY_AT_BOOT get this second start (each one is
-        reported as a warning); any other failed unit fails the run at once
-        (units_to_start_again).
+        Only the units of FLAKY_AT_BOOT, and those whose process systemd could
+        not even spawn, get this second start (each one is reported as a
+        warning); any other failed unit fails the run at once, with its status
+        and journal (units_to_start_again).
         """
-        failed = self.run("systemctl --failed --no-legend --no-pager --plain | awk '{ print $1 }'", timeout=30)
-        for unit in units_to_start_again(self.machine, failed.stdout.split()):
-            warnings.warn(f"{self.machine} ({self.release}): {unit} failed at boot; started again", stacklevel=1)
+        listed = self.run("systemctl --failed --no-legend --no-pager --plain | awk '{ print $1 }'", timeout=30)
+        results = {}
+        for unit in listed.stdout.split():
+            results[unit] = self.run(f"systemctl show -p Result --value {unit}", timeout=30).stdout.strip()
+        try:
+            to_start = units_to_start_again(self.machine, results)
+        except AssertionError as error:
+            # The unit's own account of its failure, so that a CI log says why.
+            status = self.run(
+                "for unit in $(systemctl --failed --no-legend --plain | awk '{ print $1 }'); do"
+                ' systemctl status --no-pager -l -n 0 "$unit"; journalctl -b --no-pager -n 30 -u "$unit"; done',
+                timeout=30,
+            )
+            raise AssertionError(f"{error}\n{status.stdout}{status.stderr}") from None
+        for unit in to_start:
+            warnings.warn(
+                f"{self.machine} ({self.release}): {unit} failed at boot ({results[unit]}); started again",
+                stacklevel=1,
+            )
             self.run(f"systemctl reset-failed {unit}; systemctl restart {unit}", timeout=COMMAND_TIMEOUT)
 
         what = f"{self.machine} to settle after starting its failed units again"
@@ -371,18 +388,22 @@ def boot_all(containers: Sequence[Container]) -> None:
 
 
 # On a loaded machine these fail at boot now and then for a passing reason
-# (seen: "Failed to spawn executor" for systemd-journal-flush on trixie,
-# mailman3 timing out): one more start tells that from a unit that really
-# fails.  Any other unit that fails at boot (postfix, rspamd, unbound,
-# schleuder...) fails the run: a first start that fails is a bug.
+# (mailman3 timing out, systemd-journal-flush): one more start tells that from
+# a unit that really fails.  Any other unit that fails at boot (postfix,
+# rspamd, unbound, schleuder...) fails the run: a first start that fails is a bug.
 FLAKY_AT_BOOT = ("systemd-journal-flush.service", "mailman3.service")
+# systemd's own failure to start a unit's process ("Failed to spawn executor",
+# seen on trixie's systemd under load for systemd-journal-flush and for the
+# Mailman table's reload unit): the host's, whichever the unit.
+SPAWN_FAILED = "resources"
 
 
-def units_to_start_again(machine: str, failed: Sequence[str]) -> list[str]:
-    """The failed units to start once more: those of FLAKY_AT_BOOT; any other fails (AssertionError)."""
-    others = [unit for unit in failed if unit not in FLAKY_AT_BOOT]
+def units_to_start_again(machine: str, failed: Mapping[str, str]) -> list[str]:
+    """The failed units (unit: its Result) to start once more; any other fails (AssertionError)."""
+    others = [unit for unit, result in failed.items() if unit not in FLAKY_AT_BOOT and result != SPAWN_FAILED]
     if others:
-        raise AssertionError(f"{machine}: units failed at their first start: {', '.join(others)}")
+        listed = ", ".join(f"{unit} ({failed[unit]})" for unit in others)
+        raise AssertionError(f"{machine}: units failed at their first start: {listed}")
     return list(failed)
 
 

@@ -1,7 +1,9 @@
 """The fleet, for real (issue 9): a signed repository, a relay and two nodes of different releases.
 
 The tests run in this order and build on each other (one fleet for the
-module): bootstrap, release N+1 through unattended-upgrade, the relay's key
+module): bootstrap, release N+1 through unattended-upgrade (one node after
+the others: `oignons-mail fleet --expect-version` names it behind until it
+has it, from the nodes' heartbeats), the relay's key
 rotation while the nodes keep sending, rollback of one node, a repository that
 does not verify, a local edit of a node's aliases across an unattended upgrade.
 Each step's apt and unattended-upgrade output goes to build/e2e-fleet/run/steps.txt.
@@ -9,6 +11,7 @@ Each step's apt and unattended-upgrade output goes to build/e2e-fleet/run/steps.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,6 +35,7 @@ from tests.e2e.fleet import (
     fleet,
     fleet_base,
 )
+from tests.e2e.heartbeats import heartbeats_recorded
 from tests.e2e.machines import Container, leftovers_of_run, reload_postfix, sweep_killed_runs, wait_until
 from tests.e2e.mail import compose, wait_for_delivery
 from tests.e2e.testbed import DOMAIN, LIST_ADDRESS, OUTSIDE_DOMAIN, TEST_ALIAS
@@ -44,7 +48,9 @@ UPGRADE_TIMEOUT = 600.0
 # The rotation: each node sends a message every SEND_INTERVAL seconds meanwhile.
 MESSAGES_PER_NODE = 20
 SEND_INTERVAL = 3
-ALIAS_RECIPIENT = f"{TEST_ALIAS[0]}@{DOMAIN}"  # the relay forwards it to the sink
+ALIAS_RECIPIENT = f"{TEST_ALIAS[0]}@{DOMAIN}"
+# The node that takes N+1 after the others (the fleet names it `behind` meanwhile).
+LAGGING_NODE = "marcuse"  # the relay forwards it to the sink
 LOCAL_ALIAS_LINE = "fleet-local-edit: root"
 FLEET_BASES = (("relay", "trixie"), ("node", "bookworm"), ("node", "trixie"))
 
@@ -164,10 +170,20 @@ apt-get install -y {SMARTHOST}
 
 
 def test_release_n1_reaches_nodes_and_relay_through_unattended_upgrade(bed: Fleet) -> None:
-    n1 = bed.artifacts.releases[1]
+    n, n1 = bed.artifacts.releases[0], bed.artifacts.releases[1]
     bed.artifacts.publish(n1, bed.repository)
+    # The relay and every node but LAGGING_NODE take N+1: `fleet --expect-version` names that one.
     for container in bed.systems():
-        unattended_upgrade(bed, container)
+        if container is not bed.nodes[LAGGING_NODE]:
+            unattended_upgrade(bed, container)
+    status, states = fleet_states(bed, n1.version)
+    assert states == {host: (n.version, "behind") if host == LAGGING_NODE else (n1.version, "ok") for host in states}
+    assert set(states) == {bed.artifacts.site.relay, *bed.nodes}
+    assert status == 1
+    unattended_upgrade(bed, bed.nodes[LAGGING_NODE])
+    status, states = fleet_states(bed, n1.version)
+    assert states == dict.fromkeys(states, (n1.version, "ok"))
+    assert status == 0
     assert version_of(bed.relay, RELAY) == n1.version
     assert bed.relay.check("postconf -h slow_destination_rate_delay").strip() == SLOW_RATE[1]
     for name, node in bed.nodes.items():
@@ -175,6 +191,22 @@ def test_release_n1_reaches_nodes_and_relay_through_unattended_upgrade(bed: Flee
         live = node.check("postconf -h smtp_tls_fingerprint_cert_match").strip()
         assert re.split(r"[\s,]+", live) == list(n1.pins), f"{name} pins {live!r}"
         step(bed, f"{name}: smtp_tls_fingerprint_cert_match after N+1", live)
+
+
+def fleet_states(bed: Fleet, version: str) -> tuple[int, dict[str, tuple[str, str]]]:
+    """A heartbeat from each system, then `oignons-mail fleet --expect-version`: its status, host: (version, state)."""
+    senders = {bed.artifacts.site.relay: bed.relay, **bed.nodes}
+    records = heartbeats_recorded(bed.relay, senders)
+    for name in bed.nodes:
+        # Known by its pinned certificate (relay.node_pins), not by what its message says.
+        assert records[name]["authenticated_by"] == "certificate", records[name]
+    command = f"oignons-mail fleet --expect-version {version}"
+    listing = bed.relay.run(command, timeout=60)
+    step(bed, f"{bed.relay.hostname}: {command} (status {listing.returncode})", listing.stdout + listing.stderr)
+    answer = bed.relay.run(f"{command} --json", timeout=60)
+    assert answer.returncode == listing.returncode, answer.stderr
+    entries = json.loads(answer.stdout)
+    return answer.returncode, {entry["host"]: (entry["version"], entry["state"]) for entry in entries}
 
 
 # --- 3. The relay's key rotation, without a lost message -------------------------------

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from oignons_mail import health
+from tests.e2e import heartbeats
 from tests.e2e.conftest import PAIRS, reported_testbed
-from tests.e2e.machines import Container, wait_until
+from tests.e2e.machines import wait_until
 from tests.e2e.mail import final_reply, replies, wait_for_delivery
 from tests.e2e.test_mail import reconfigure_pins
 from tests.e2e.testbed import DOMAIN, OUTSIDE_DOMAIN, SMARTHOST_NAME, Artifacts, Testbed
@@ -29,7 +30,6 @@ HEARTBEAT_ADDRESS = f"heartbeat@{DOMAIN}"
 RELAY_NAME = "bulbe"
 STATE = health.STATE_DIRECTORY
 WRONG_PIN = ":".join(["00"] * 20)
-HEARTBEAT_WAIT = 120.0
 UNITS = {
     "relay": (
         "oignons-mail-heartbeat.service",
@@ -56,19 +56,11 @@ def note(bed: Testbed, what: str, text: str) -> None:
 
 
 def record_of(bed: Testbed, host: str) -> str:
-    return bed.relay.run(f"cat {STATE}/{host}.json").stdout
-
-
-def send_heartbeat(container: Container) -> None:
-    container.check("systemctl start oignons-mail-heartbeat.service", timeout=60)
+    return heartbeats.record_of(bed.relay, host)
 
 
 def wait_for_new_record(bed: Testbed, host: str, before: str) -> dict[str, Any]:
-    def changed() -> dict[str, Any] | None:
-        text = record_of(bed, host)
-        return json.loads(text) if text and text != before else None
-
-    return wait_until(f"a new heartbeat record of {host} on the relay", changed, HEARTBEAT_WAIT)
+    return heartbeats.wait_for_new_record(bed.relay, host, before)
 
 
 def fleet(bed: Testbed, *options: str) -> tuple[int, str]:
@@ -88,11 +80,8 @@ def test_units_verify_clean(bed: Testbed) -> None:
 
 
 def test_heartbeats_arrive_and_the_fleet_lists_them(bed: Testbed) -> None:
-    before = {host: record_of(bed, host) for host in (SMARTHOST_NAME, RELAY_NAME)}
-    send_heartbeat(bed.smarthost)
-    send_heartbeat(bed.relay)
-    node = wait_for_new_record(bed, SMARTHOST_NAME, before[SMARTHOST_NAME])
-    relay = wait_for_new_record(bed, RELAY_NAME, before[RELAY_NAME])
+    records = heartbeats.heartbeats_recorded(bed.relay, {SMARTHOST_NAME: bed.smarthost, RELAY_NAME: bed.relay})
+    node, relay = records[SMARTHOST_NAME], records[RELAY_NAME]
     # The node's name came from its certificate (relay.node_pins), the relay's from itself.
     assert node["authenticated_by"] == "certificate", node
     assert relay["authenticated_by"] == "local", relay
@@ -158,7 +147,7 @@ def test_hostile_heartbeats_leave_the_state_as_it_was(bed: Testbed) -> None:
         wait_until(
             f"the receiver to drop the {label} heartbeat",
             lambda count=count: True if drops(bed) > count else None,  # type: ignore[misc]
-            HEARTBEAT_WAIT,
+            heartbeats.HEARTBEAT_WAIT,
         )
         last = bed.relay.check(f"journalctl --no-pager -q -o cat -t {health.LOG_TAG} | grep dropped: | tail -n 1")
         note(bed, f"hostile heartbeat ({label})", last)
@@ -193,7 +182,7 @@ def test_wrong_pin_then_late_then_recovered(bed: Testbed) -> None:
     right = bed.smarthost.check("postconf -h smtp_tls_fingerprint_cert_match").strip()
     reconfigure_pins(bed, WRONG_PIN)
     try:
-        send_heartbeat(bed.smarthost)
+        heartbeats.send_heartbeat(bed.smarthost)
         wait_until(
             "the heartbeat deferred on the node",
             lambda: (
@@ -203,7 +192,7 @@ def test_wrong_pin_then_late_then_recovered(bed: Testbed) -> None:
                 ).stdout
                 or None
             ),
-            HEARTBEAT_WAIT,
+            heartbeats.HEARTBEAT_WAIT,
         )
         result = bed.smarthost.run("oignons-mail status", timeout=60)
         note(bed, f"node: oignons-mail status (exit {result.returncode})", result.stdout + result.stderr)
@@ -235,7 +224,9 @@ def test_wrong_pin_then_late_then_recovered(bed: Testbed) -> None:
         after = log.split(recovered, 1)[1] if recovered in log else ""
         return after if "mailed root" in after else None
 
-    report_lines = wait_until("the report after the heartbeat to say the node recovered", reported, HEARTBEAT_WAIT)
+    report_lines = wait_until(
+        "the report after the heartbeat to say the node recovered", reported, heartbeats.HEARTBEAT_WAIT
+    )
     note(bed, "report after the pin was fixed (oignons-mail-fleet-report.service)", recovered + report_lines)
     message_id = re.search(r"mailed root: <([^>]+)>", report_lines)
     assert message_id, report_lines

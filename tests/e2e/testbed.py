@@ -23,7 +23,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -144,8 +144,8 @@ def make_key_pair(directory: Path, name: str) -> KeyPair:
     return KeyPair(certificate, key, pins)
 
 
-def write_test_site(relay_pin: str, node_pin: str, target: Path) -> Path:
-    """sites/nos-oignons.toml with the test keys' pins, and the relay's outside address in SPF.
+def write_test_site(relay_pin: str, node_pins: Mapping[str, str], target: Path) -> Path:
+    """sites/nos-oignons.toml with the test keys' pins (node name: pin), and the relay's outside address in SPF.
 
     In the test network the relay sends to the outside world from its second
     address (RELAY_WORLD_ADDRESS), which its name's A record does not hold.
@@ -154,7 +154,8 @@ def write_test_site(relay_pin: str, node_pin: str, target: Path) -> Path:
     spf = f'spf = "v=spf1 mx ip4:{RELAY_WORLD_ADDRESS} -all"'
     text, spf_count = re.subn(r'(?m)^spf = "v=spf1 mx -all"$', spf, text)
     text, relay_count = re.subn(r"(?m)^relay_pins = \[.*\]$", f'relay_pins = ["{relay_pin}"]', text)
-    text, node_count = re.subn(r"(?m)^node_pins = \{.*\}$", f'node_pins = {{ {SMARTHOST_NAME} = "{node_pin}" }}', text)
+    pins = ", ".join(f'{name} = "{pin}"' for name, pin in node_pins.items())
+    text, node_count = re.subn(r"(?m)^node_pins = \{.*\}$", f"node_pins = {{ {pins} }}", text)
     if (relay_count, node_count, spf_count) != (1, 1, 1):
         raise AssertionError(
             f"{SITE_SOURCE} no longer has one `relay_pins = [...]` line, one `node_pins = {{...}}` line"
@@ -177,7 +178,7 @@ def build_artifacts(work: Path = WORK) -> Artifacts:
     site = load_site(SITE_SOURCE)
     # The relay is pinned with the site's digest; the nodes always with sha256.
     site_file = write_test_site(
-        relay_key.pins[site.smarthost.fingerprint_digest], node_key.pins["sha256"], work / "site.toml"
+        relay_key.pins[site.smarthost.fingerprint_digest], {SMARTHOST_NAME: node_key.pins["sha256"]}, work / "site.toml"
     )
     environment = {**TOOL_ENVIRONMENT, "DEB_BUILD_OPTIONS": "nocheck"}  # make check runs the unit tests
     result = run(
