@@ -96,5 +96,4 @@ include $(wildcard mk/*.mk)
 bench: check-deps e2e-deps deb
 	$(TOOL_PYTHONPATH) $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR) $(PYTHON) bench/responder_hostile.py
-	$(TOOL_PYTHONPATH) $(PYTHON) -P bench/fleet_health.py
 	$(PYTHON) bench/figures.py

@@ -7,7 +7,7 @@ measured" in the table) and keeps the table in docs/benchmarks.md with the
 machine, the date and the commit.  It asserts nothing: the targets are
 printed beside the figures, for a reader to judge.
 
-    python3 bench/figures.py [--runs N] [--only build,render,validate,install,apply,throughput,footprint]
+    python3 bench/figures.py [--runs N] [--only build,render,validate,install,apply,throughput,footprint,fleet]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ for entry in (str(ROOT), str(ROOT / "src")):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
+from bench.fleet_health import fleet_figures  # noqa: E402
 from bench.footprint import footprint_figures  # noqa: E402
 from bench.install import apply_figures, install_figures  # noqa: E402
 from bench.measure import Figure  # noqa: E402
@@ -49,6 +50,7 @@ GROUPS: dict[str, Callable[[int], list[Figure]]] = {
     "apply": apply_figures,
     "throughput": throughput_figures,
     "footprint": footprint_figures,
+    "fleet": fleet_figures,
 }
 
 

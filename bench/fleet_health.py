@@ -1,22 +1,22 @@
-"""Fleet-health figures (printed, nothing asserted): `oignons-mail fleet` over 1,000 recorded hosts,
-and the size of a heartbeat as the sender gives it to Postfix.  `make bench`."""
+"""Fleet-health figures (nothing asserted): `oignons-mail fleet` over 1,000 recorded hosts, and the
+size of a heartbeat as the sender gives it to Postfix (`make bench`, its "fleet" group; `status`
+on a booted node and relay is measured with the throughput group's systems)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.measure import Figure, seconds_of
 from oignons_mail import health
 from oignons_mail.cli import main as tool
 
 HOSTS = 1000
-RUNS = 20
 HEARTBEAT = health.Heartbeat(
     host="marcuse", version="0.2.0", postfix="3.7.11", active=0, deferred=12, hold=0,
     oldest_deferred_seconds=86399, queue_free_bytes=21474836480,
@@ -28,8 +28,14 @@ HEADER = (
 )
 
 
-def main() -> int:
-    print(f"{'heartbeat as sent':<28} {len((HEADER + health.compose_body(HEARTBEAT)).encode())} bytes")
+def fleet_figures(runs: int) -> list[Figure]:
+    """`fleet` (table and --json) over HOSTS recorded hosts, in process; a heartbeat's size as sent."""
+    size = Figure("heartbeat_bytes", "bytes", note="a heartbeat as the sender gives it to Postfix (headers included)")
+    size.values = [float(len((HEADER + health.compose_body(HEARTBEAT)).encode()))]
+    listings = [
+        Figure(f"fleet_ms_{HOSTS}_hosts", "ms", note=f"oignons-mail fleet over {HOSTS} recorded hosts"),
+        Figure(f"fleet_json_ms_{HOSTS}_hosts", "ms", note=f"oignons-mail fleet --json over {HOSTS} recorded hosts"),
+    ]
     with tempfile.TemporaryDirectory() as work:
         state = Path(work) / "state"
         store = health.StateStore(state)
@@ -39,17 +45,9 @@ def main() -> int:
             store.store(health.Received(heartbeat, heartbeat.host, "local"), now)
         config = Path(work) / "fleet.json"
         config.write_text('{"late_after_seconds": 129600, "queue_after_seconds": 14400, "nodes": []}\n')
-        for label, extra in (("fleet, 1000 hosts", []), ("fleet --json, 1000 hosts", ["--json"])):
-            durations = []
-            for _ in range(RUNS):
-                start = time.perf_counter()
+        for figure, extra in zip(listings, ([], ["--json"]), strict=True):
+            argv = ["fleet", "--state", str(state), "--config", str(config), *extra]
+            for _ in range(runs):
                 with contextlib.redirect_stdout(io.StringIO()):
-                    tool(["fleet", "--state", str(state), "--config", str(config), *extra])
-                durations.append(time.perf_counter() - start)
-            median = statistics.median(durations) * 1000
-            print(f"{label:<28} median {median:8.1f} ms   max {max(durations) * 1000:8.1f} ms   ({RUNS} runs)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                    figure.values.append(seconds_of(functools.partial(tool, argv)) * 1000)
+    return [size, *listings]

@@ -18,6 +18,7 @@ certificate the node pins): they are reported as not measured.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -41,11 +42,13 @@ from tests.e2e.testbed import (
     RELAY_PACKAGES,
     SMARTHOST_HOSTNAME,
     SMARTHOST_PACKAGES,
+    TOOL_PACKAGES,
     UNBOUND_TEST_CONF,
     Artifacts,
     build_artifacts,
     install_file,
     install_key_pair,
+    install_tool,
     prepare_smarthost,
     set_network_files,
     unbound_zone,
@@ -53,7 +56,7 @@ from tests.e2e.testbed import (
 from tests.system.debian_system import COMMAND_ENVIRONMENT, DebianSystem, base_tarball
 
 from bench.install import RELEASE, prepare_relay_system
-from bench.measure import Figure
+from bench.measure import Figure, seconds_of
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "bench" / "throughput"
@@ -196,13 +199,15 @@ class Rates:
     bare: Figure = field(default_factory=lambda: Figure("relay_no_milter_msgs_per_s", "msg/s"))
     node: Figure = field(default_factory=lambda: Figure("node_to_relay_msgs_per_s", "msg/s"))
     reuse: Figure = field(default_factory=lambda: Figure("tls_session_reuse_ratio", "ratio", "> 0"))
+    status_node: Figure = field(default_factory=lambda: Figure("status_seconds_node", "s", "< 2"))
+    status_relay: Figure = field(default_factory=lambda: Figure("status_seconds_relay", "s"))
 
 
 def prepare_systems(artifacts: Artifacts, cleanup: list[Cleanup]) -> tuple[DebianSystem, DebianSystem, DebianSystem]:
     """The relay, stock and node directories, ready to boot."""
     relay_settings = artifacts.site.relay
     relay_system = prepare_relay_system(
-        base_tarball(RELEASE, RELAY_PACKAGES),
+        base_tarball(RELEASE, (*RELAY_PACKAGES, *TOOL_PACKAGES)),
         artifacts.relay_deb,
         lambda system: install_key_pair(
             system, artifacts.relay_key, relay_settings.tls_cert_file, relay_settings.tls_key_file
@@ -214,9 +219,12 @@ def prepare_systems(artifacts: Artifacts, cleanup: list[Cleanup]) -> tuple[Debia
     stock_system = DebianSystem(base_tarball(RELEASE, SMARTHOST_PACKAGES), RELEASE)
     cleanup.append(("remove the stock system's directory", lambda: _remove(stock_system)))
     prepare_stock(stock_system)
-    node_system = DebianSystem(base_tarball(RELEASE, SMARTHOST_PACKAGES), RELEASE)
+    node_system = DebianSystem(base_tarball(RELEASE, (*SMARTHOST_PACKAGES, *TOOL_PACKAGES)), RELEASE)
     cleanup.append(("remove the node's directory", lambda: _remove(node_system)))
     prepare_smarthost(node_system, artifacts)
+    # `oignons-mail status` on both (the tool's package, as the packages' Recommends bring it).
+    for system in (relay_system, node_system):
+        install_tool(system, artifacts)
     for system in (relay_system, stock_system, node_system):
         (system.root / "usr/sbin/policy-rc.d").unlink()
     return relay_system, stock_system, node_system
@@ -233,6 +241,9 @@ def measure(relay: Container, stock: Container, node: Container, runs: int, rate
     if problems:
         raise RuntimeError(f"powering the stock system off: {problems}")
     boot_all([node])
+    for container, figure in ((node, rates.status_node), (relay, rates.status_relay)):
+        for _ in range(runs):
+            figure.values.append(seconds_of(functools.partial(container.run, "oignons-mail status", 60)))
     # The relay's per-client limits (client_limits: 100 connections a minute)
     # defer a node sending faster, one connection a message (seen: 421 "too
     # many connections" for 160 of 250 messages): the node is exempted here.
@@ -303,7 +314,11 @@ def throughput_figures(runs: int) -> list[Figure]:
     ratio = Figure("relay_to_stock_ratio", "ratio", ">= 0.9")
     ratio.values = [bare / stock for bare, stock in zip(bare_rate.values, stock_rate.values, strict=True)]
     ratio.note = "relay_no_milter / stock, run by run (the median of the ratios)"
-    return [stock_rate, relay_rate, bare_rate, ratio, node_rate, reuse]
+    rates.status_node.note = "oignons-mail status on the booted node (through nsenter), queue empty"
+    rates.status_relay.note = (
+        "oignons-mail status on the booted relay, its DNS check included (the test zone: unsigned, so warnings)"
+    )
+    return [stock_rate, relay_rate, bare_rate, ratio, node_rate, reuse, rates.status_node, rates.status_relay]
 
 
 def _remove(system: DebianSystem) -> list[str]:
