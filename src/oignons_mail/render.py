@@ -72,6 +72,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
     files["relay/list_commands.regexp"] = list_commands_table(site)
     files["relay/own_domains.regexp"] = own_domains_table(site)
+    files["relay/recipient_extensions.regexp"] = recipient_extensions_table(site)
     return files
 
 
@@ -484,7 +485,50 @@ def open_internet_settings(site: Site) -> list[tuple[str, str]]:
         # No DSN extension: NOTIFY=SUCCESS from a forged sender would make the
         # relay mail a report to whoever the client named.
         ("smtpd_discard_ehlo_keywords", "silent-discard, dsn"),
+        *recipient_extension_settings(site),
     ]
+
+
+# One message to user+1 ... user+100 is one delivery to user's destination:
+# cleanup(8) drops the extension of the site's addresses (envelope only: the
+# headers, which the sender's DKIM signature covers, stay as they came), then
+# its duplicate filter keeps one copy of each recipient.  That filter compares
+# the rewritten recipient alone only without original-recipient records.
+RECIPIENT_EXTENSIONS_FILE = "/usr/share/oignons-mail-relay/recipient_extensions.regexp"
+# Mailman 3's own extensions carry data (VERP bounces, confirmation tokens).
+MAILMAN_EXTENDED_SUFFIXES = ("-bounces", "-confirm")
+
+
+def recipient_extension_settings(site: Site) -> list[tuple[str, str]]:
+    """cleanup's extension merge; none for a delimiter other than "+", which Mailman's extensions do not use."""
+    if site.relay.recipient_delimiter != "+":
+        return []
+    return [
+        ("canonical_maps", f"regexp:{RECIPIENT_EXTENSIONS_FILE}"),
+        ("canonical_classes", "envelope_recipient"),
+        ("enable_original_recipient", "no"),
+    ]
+
+
+def recipient_extensions_table(site: Site) -> str:
+    """regexp:RECIPIENT_EXTENSIONS_FILE (canonical_maps): user+extension@<destination> -> user@<destination>."""
+    source = PurePosixPath(site.source).name
+    lines = [
+        f"# recipient_extensions.regexp: a table of oignons-mail-relay, generated from {source}.",
+        "# Package data, read by cleanup for envelope recipients: the extension of an",
+        "# address of the site's domains is dropped, so that one message reaches each",
+        "# destination once however many extensions it names (docs/open-internet.md).",
+    ]
+    if site.relay.recipient_delimiter != "+":
+        return "\n".join([*lines, "# Not used: relay.recipient_delimiter is not \"+\"."]) + "\n"
+    suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_EXTENDED_SUFFIXES)
+    domains = "|".join(_regexp_literal(domain) for domain in site.relay.destinations)
+    lines += [
+        "# Mailman 3's VERP bounces and confirmation tokens: kept as they are.",
+        f"/^(.+-({suffixes})\\+.*)$/  ${{1}}",
+        f"/^([^+@]+)\\+[^@]*@({domains})$/  ${{1}}@${{2}}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def rspamd_local_addrs() -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from oignons_mail.render import RECIPIENT_EXTENSIONS_FILE
 from tests.system.conftest import Installed, copy_package, installed_over_exim4, package_file, package_status
 from tests.system.debian_system import RELEASES
 
@@ -249,3 +250,20 @@ def test_the_tool_speaks_for_the_installed_relays_site_with_python3_alone(instal
     render = system.run("cd / && oignons-mail render /tmp/rendered")
     assert render.returncode == 1
     assert "render needs python3-jinja2" in render.stderr
+
+
+# cleanup's canonical lookup, by Postfix itself: extensions of the site's addresses dropped, Mailman's kept.
+EXTENSION_REWRITES = {
+    "postmaster+0@nos-oignons.net": "postmaster@nos-oignons.net",
+    "dons+1@nos-oignons.net": "dons@nos-oignons.net",
+    "discussion-bounces+someone=example.org@nos-oignons.org": "discussion-bounces+someone=example.org@nos-oignons.org",
+    "user+x@elsewhere.test": "",
+    "postmaster@nos-oignons.net": "",
+}
+
+
+def test_cleanup_merges_the_extensions_of_the_sites_addresses(installed: Installed) -> None:
+    table = f"regexp:{RECIPIENT_EXTENSIONS_FILE}"
+    assert installed.settings()["canonical_maps"] == table
+    assert installed.settings()["canonical_classes"] == "envelope_recipient"
+    assert {address: installed.query(address, table) for address in EXTENSION_REWRITES} == EXTENSION_REWRITES

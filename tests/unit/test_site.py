@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from oignons_mail import render as render_module
 from oignons_mail.errors import ABSENT, SiteError
 from oignons_mail.render import render
 from oignons_mail.site import ClientLimits, Package, TlsPolicy, Transport, _Table, load_site, non_empty, parse_site
@@ -1280,3 +1281,44 @@ def test_a_schema_key_the_parser_does_not_read_is_a_programming_error() -> None:
     table.optional_string("maintainer", non_empty)
     with pytest.raises(LookupError, match=r"\[package\] organisation, homepage: in schema.SCHEMA but not read"):
         table.finish()
+
+
+def recipient_rewrite(table: str, address: str) -> str | None:
+    """What cleanup's canonical lookup in recipient_extensions.regexp gives for an address (first rule that matches)."""
+    for line in table.splitlines():
+        if line.startswith("/"):
+            pattern, result = line.split("  ", 1)
+            found = re.search(pattern.strip("/"), address, re.IGNORECASE)
+            if found:
+                # Postfix's ${1} is Python's \1.
+                return found.expand(re.sub(r"\$\{(\d)\}", r"\\\1", result))
+    return None
+
+
+def test_extensions_of_the_sites_addresses_are_merged_in_the_envelope(data: Data) -> None:
+    files = render(parse_site(data, "site.toml"))
+    table = files["relay/recipient_extensions.regexp"]
+    for extended, plain in (("postmaster+0@nos-oignons.net", "postmaster@nos-oignons.net"),
+                            ("dons+999@nos-oignons.net", "dons@nos-oignons.net"),
+                            ("Root+a+b@NOS-OIGNONS.FR", "Root@NOS-OIGNONS.FR"),
+                            ("machines+x@bulbe.tetaneutral.net", "machines@bulbe.tetaneutral.net")):  # fmt: skip
+        assert recipient_rewrite(table, extended) == plain, extended
+    # Mailman 3's extensions carry data; other domains and plain addresses are left alone.
+    for kept in (
+        "discussion-bounces+someone=example.org@nos-oignons.org",
+        "discussion-confirm+0123abc@nos-oignons.org",
+    ):
+        assert recipient_rewrite(table, kept) == kept
+    for untouched in ("postmaster@nos-oignons.net", "user+x@elsewhere.test", "root+x@marcuse.nos-oignons.net"):
+        assert recipient_rewrite(table, untouched) is None, untouched
+    settings = dict(line.split(" = ", 1) for line in files["relay/main.cf"].splitlines() if " = " in line)
+    assert settings["canonical_classes"] == "envelope_recipient"  # headers stay as signed
+    assert settings["enable_original_recipient"] == "no"  # the duplicate filter's key is the recipient alone
+    assert settings["canonical_maps"] == f"regexp:{render_module.RECIPIENT_EXTENSIONS_FILE}"
+
+
+def test_another_delimiter_merges_nothing(data: Data) -> None:
+    data["relay"]["recipient_delimiter"] = "-"
+    files = render(parse_site(data, "site.toml"))
+    assert "canonical_maps" not in files["relay/main.cf"]
+    assert recipient_rewrite(files["relay/recipient_extensions.regexp"], "machines-request@nos-oignons.net") is None
