@@ -191,14 +191,43 @@ def s_client(bed: Testbed, port: int, *options: str) -> str:
     result = bed.world(
         ["openssl", "s_client", "-connect", f"{RELAY_WORLD_ADDRESS}:{port}", *starttls, *options], 60, ""
     )
-    new = re.search(r"^New, (\S+), Cipher is (\S+)", result.stdout, re.M)
+    return tls_session(result.stdout)
+
+
+def tls_session(s_client_output: str) -> str:
+    """The protocol and cipher s_client printed, or "" if the handshake failed."""
+    new = re.search(r"^New, (\S+), Cipher is (\S+)", s_client_output, re.M)
     if new is None or new.group(2) == "(NONE)":
         return ""
     # "New, ..." names the cipher's own version (TLSv1.0 for a CBC cipher in a
     # TLS 1.1 session); the session block, when s_client prints it, the
     # protocol.  TLS 1.3 ciphers exist in TLS 1.3 only.
-    session = re.search(r"^ +Protocol *: (\S+)", result.stdout, re.M)
+    session = re.search(r"^ +Protocol *: (\S+)", s_client_output, re.M)
     return f"{session.group(1) if session else new.group(1)} {new.group(2)}"
+
+
+# The positive control: the same client, options and namespace against an
+# openssl s_server that allows the old version (the refusal above is the relay's).
+OLD_TLS_SERVER = """openssl s_server -quiet -naccept 1 -accept 127.0.0.1:{port} -cert {cert} -key {key} \\
+    -{version} -cipher DEFAULT@SECLEVEL=0 </dev/null >/dev/null 2>&1 &
+server=$!
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    ss -Hltn 'sport = :{port}' | grep -q . && break
+    sleep 0.5
+done
+timeout 20 openssl s_client -connect 127.0.0.1:{port} -{version} -cipher DEFAULT@SECLEVEL=0 </dev/null 2>&1
+kill $server 2>/dev/null || true
+wait
+"""
+
+
+@pytest.mark.parametrize("version", ["tls1", "tls1_1"])
+def test_the_client_would_speak_the_old_versions(bed: Testbed, version: str) -> None:
+    keys = bed.artifacts.relay_key
+    script = OLD_TLS_SERVER.format(port=14433, cert=keys.certificate, key=keys.key, version=version)
+    session = tls_session(bed.world(["sh", "-c", script], 60).stdout)
+    note(bed, f"openssl s_client -{version} against an s_server that allows it", session)
+    assert session.startswith({"tls1": "TLSv1 ", "tls1_1": "TLSv1.1 "}[version]), session
 
 
 @pytest.mark.parametrize("port", [25, 465])

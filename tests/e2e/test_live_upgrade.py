@@ -33,6 +33,9 @@ from tests.system.debian_system import COMMAND_ENVIRONMENT
 
 PACKAGE = "oignons-mail-relay"
 RATE_KEY, RATE_FROM, RATE_TO = "slow_destination_rate_delay", "2s", "3s"
+# N+1 also changes the banner: what a new smtpd(8) says shows that the running daemons read it.
+BANNER_KEY, BANNER_MARK = "smtpd_banner", " (N+1)"
+BANNER_WAIT = 10.0
 RECIPIENT = f"e2e-live@{OUTSIDE_DOMAIN}"
 MINIMUM_MESSAGES = 200
 CLIENT_INTERVAL_SECONDS = 0.2
@@ -103,6 +106,8 @@ class LiveCycle:
     drop_ins_after_reinstall: str
     master_no_new_privs_after_reinstall: str
     master_pids: tuple[str, str]  # master(8)'s PID before and after the upgrade
+    qmgr_pids: tuple[str, str]  # qmgr(8)'s, which only a reload (or a restart) replaces
+    banners: tuple[str, str]  # the greeting of a new connection before the upgrade, and once it changed after
     steps: list[str]
     marks: list[tuple[str, float]]  # when each step began and ended
 
@@ -139,10 +144,44 @@ def master_no_new_privs(bed: Testbed) -> str:
 
 
 def edit_rate(main_cf: str) -> str:
+    """N+1's settings: the slow transport's rate, and the banner marked."""
     old = f"{RATE_KEY} = {RATE_FROM}"
     if old not in main_cf.splitlines():
         raise AssertionError(f"the relay's main.cf has no `{old}` line: update {__file__}")
-    return main_cf.replace(old, f"{RATE_KEY} = {RATE_TO}")
+    banner = next((line for line in main_cf.splitlines() if line.startswith(f"{BANNER_KEY} = ")), None)
+    if banner is None:
+        raise AssertionError(f"the relay's main.cf sets no {BANNER_KEY}: update {__file__}")
+    return main_cf.replace(old, f"{RATE_KEY} = {RATE_TO}").replace(banner, banner + BANNER_MARK)
+
+
+# A new connection's greeting, as a client reads it (from the relay's own loopback).
+GREETING = (
+    'python3 -c \'import socket; s = socket.create_connection(("127.0.0.1", 25), 10);'
+    ' print(s.recv(512).decode().strip()); s.sendall(b"QUIT\\r\\n")\''
+)
+
+
+def greeting(bed: Testbed) -> str:
+    return bed.relay.check(GREETING, timeout=30).strip()
+
+
+def qmgr_pid(bed: Testbed) -> str:
+    return bed.relay.check("pgrep -x qmgr").strip()
+
+
+def upgrade_to_n1(
+    bed: Testbed, path: str, steps: list[str], marks: list[tuple[str, float]]
+) -> tuple[tuple[str, str], tuple[str, str]]:
+    """apt-get install of N+1; qmgr(8)'s PID and a new connection's greeting, before and after."""
+    qmgr_before, banner_before = qmgr_pid(bed), greeting(bed)
+    marks.append(("upgrade", time.time()))
+    steps.append(apt(bed, f"install -y -q {path}"))
+    marks.append(("upgraded", time.time()))
+    qmgr_after = qmgr_pid(bed)
+    # The old smtpd processes finish their sessions, then exit: a few seconds at most.
+    with contextlib.suppress(AssertionError):  # the test says what the greeting was
+        wait_until("the new banner", lambda: greeting(bed) != banner_before or None, BANNER_WAIT)
+    return (qmgr_before, qmgr_after), (banner_before, greeting(bed))
 
 
 def read_attempts(path: Path) -> list[Attempt]:
@@ -202,13 +241,12 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
          str(log_path), str(stop_path), str(MINIMUM_MESSAGES), str(CLIENT_INTERVAL_SECONDS), RECIPIENT],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=COMMAND_ENVIRONMENT,
     )  # fmt: skip
-    steps, marks = [], []
+    steps: list[str] = []
+    marks: list[tuple[str, float]] = []
     try:
         settle(log_path, time.time())  # a few messages before the first step
         pid_before_upgrade = master_pid(bed.relay)
-        marks.append(("upgrade", time.time()))
-        steps.append(apt(bed, f"install -y -q {upgrade_path}"))
-        marks.append(("upgraded", time.time()))
+        qmgr_pids, banners = upgrade_to_n1(bed, upgrade_path, steps, marks)
         upgraded_rate = bed.relay.check(f"postconf -h {RATE_KEY}").strip()
         after_upgrade = drop_ins(bed)
         no_new_privs = master_no_new_privs(bed)
@@ -242,7 +280,8 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     result = LiveCycle(
         attempts, delivered, upgraded_rate, after_upgrade, no_new_privs, exposure_upgraded, after_removal,
         exposure_removed, stock, active_after_removal, no_new_privs_removed, after_reinstall,
-        no_new_privs_reinstalled, (pid_before_upgrade, pid_after_upgrade), steps, marks,
+        no_new_privs_reinstalled, (pid_before_upgrade, pid_after_upgrade), qmgr_pids, banners,
+        steps, marks,
     )  # fmt: skip
     note = f"{bed.name}: live upgrade/removal, attempts per phase: " + "; ".join(
         f"{phase}: {dict(outcomes)}" for phase, outcomes in result.summary().items()
@@ -294,6 +333,11 @@ def test_the_upgrade_applied_the_new_version(cycle: LiveCycle) -> None:
 def test_an_upgrade_of_settings_reloads_and_never_closes_port_25(cycle: LiveCycle) -> None:
     before, after = cycle.master_pids
     assert before == after, f"master(8) restarted during the upgrade (PID {before} -> {after})"
+    # Reloaded, not left alone: qmgr(8) is new, and a new connection's smtpd(8) says N+1's banner.
+    qmgr_before, qmgr_after = cycle.qmgr_pids
+    assert qmgr_before != qmgr_after, f"qmgr(8) is the one from before the upgrade (PID {qmgr_before})"
+    banner_before, banner_after = cycle.banners
+    assert banner_after == banner_before + BANNER_MARK, cycle.banners
     upgrade = cycle.summary().get("upgrade", Counter())
     assert upgrade["accepted"] > 0, upgrade
     assert {outcome: n for outcome, n in upgrade.items() if outcome != "accepted"} == {}, upgrade

@@ -220,7 +220,8 @@ def test_address_extension_is_delivered_per_the_alias_of_the_user(bed: Testbed) 
     arguments, message_id = swaks_message("extension-packaged", f"sender@{OUTSIDE_DOMAIN}", f"webmaster+logs@{DOMAIN}")
     assert final_reply(bed.swaks(*arguments).stdout, "250 2.0.0"), "webmaster+logs not accepted"
     # cleanup drops the extension (one delivery per address): local(8) gets webmaster@, its alias chain the list.
-    wait_for_delivery(bed, bed.relay, message_id, rf"to=<webmaster@{re.escape(DOMAIN)}>, relay=local, .*forwarded as")
+    expanded = rf"to=<webmaster@{re.escape(DOMAIN)}>, orig_to=<webmaster\+logs@{re.escape(DOMAIN)}>, relay=local, "
+    wait_for_delivery(bed, bed.relay, message_id, expanded + ".*forwarded as")
     wait_for_delivery(bed, bed.relay, message_id, rf"to=<{re.escape(LIST_ADDRESS)}>, relay=schleuder")
 
 

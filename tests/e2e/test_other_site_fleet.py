@@ -111,8 +111,8 @@ def test_readme_bootstrap_then_mail_origin_and_no_first_site_name(bed: Fleet) ->
                                   TIMEOUT)  # fmt: skip
     print(f"=== delivery on {NODE}\n{sent}\n=== delivery on courgette\n{forwarded}")
     # Through the administrator's own alias (/etc/aliases), which local(8) expanded.
-    expanded = wait_for_delivery(bed, bed.relay, message_id, r"to=<admins@potager\.example\.org>, relay=local, .*forwarded as",
-                                 TIMEOUT)  # fmt: skip
+    alias = r"to=<admins@potager\.example\.org>, relay=local, .*forwarded as"
+    expanded = wait_for_delivery(bed, bed.relay, message_id, alias, TIMEOUT)
     print(f"=== the alias on courgette\n{expanded}")
     assert any(message_id in m.data for m in bed.sink.messages_to(ROOT_DESTINATION))
 
