@@ -126,6 +126,10 @@ FLEET_RELAY_PACKAGES = (*RELAY_PACKAGES, "unattended-upgrades", "python3-debian"
 # What the test releases change in the site (N+1); N+2 drops the old pin.
 SLOW_RATE = ("2s", "3s")
 NEW_USER_TO_ROOT = "oignons-fleet"
+# And the DKIM selector (docs/dns.md's key rotation): the relay's conffile
+# /etc/rspamd/local.d/dkim_signing.conf changes, through unattended-upgrade.
+DKIM_SELECTOR = ("bulbe1", "bulbe2")
+DKIM_SIGNING_CONFFILE = "/etc/rspamd/local.d/dkim_signing.conf"
 # The package's aliases table, and the administrator's own (never shipped).
 SMARTHOST_ALIASES = "/etc/postfix/oignons-mail/aliases"
 LOCAL_ALIASES = "/etc/postfix/oignons-mail/aliases.local"
@@ -167,6 +171,9 @@ def site_text(base: str, pins: tuple[str, ...], changed: bool) -> str:
         text = text.replace(f'destination_rate_delay = "{old}"', f'destination_rate_delay = "{new}"')
         assert text.count('"debian-tor", "postfix",') == 1, "users_to_root changed in the site"
         text = text.replace('"debian-tor", "postfix",', f'"debian-tor", "postfix", "{NEW_USER_TO_ROOT}",')
+        old_selector, new_selector = DKIM_SELECTOR
+        assert text.count(f'selector = "{old_selector}"') == 1, "the DKIM selector changed in the site"
+        text = text.replace(f'selector = "{old_selector}"', f'selector = "{new_selector}"')
     return text
 
 

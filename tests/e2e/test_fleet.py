@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.e2e.fleet import (
+    DKIM_SELECTOR,
+    DKIM_SIGNING_CONFFILE,
     LOCAL_ALIASES,
     NEW_USER_TO_ROOT,
     REPO_URI,
@@ -186,6 +188,11 @@ def test_release_n1_reaches_nodes_and_relay_through_unattended_upgrade(bed: Flee
     assert status == 0
     assert version_of(bed.relay, RELAY) == n1.version
     assert bed.relay.check("postconf -h slow_destination_rate_delay").strip() == SLOW_RATE[1]
+    # A conffile N+1 changed took its new text without a question, and rspamd has the new key.
+    new_selector = DKIM_SELECTOR[1]
+    assert f'selector = "{new_selector}";' in bed.relay.check(f"cat {DKIM_SIGNING_CONFFILE}")
+    assert bed.relay.check("ls /etc/rspamd/local.d | grep -c dpkg- || true").strip() == "0"
+    assert bed.relay.run(f"test -s /var/lib/rspamd/dkim/{DOMAIN}.{new_selector}.key").returncode == 0
     for name, node in bed.nodes.items():
         assert version_of(node, SMARTHOST) == n1.version, name
         live = node.check("postconf -h smtp_tls_fingerprint_cert_match").strip()
