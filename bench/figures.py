@@ -7,7 +7,7 @@ measured" in the table) and keeps the table in docs/benchmarks.md with the
 machine, the date and the commit.  It asserts nothing: the targets are
 printed beside the figures, for a reader to judge.
 
-    python3 bench/figures.py [--runs N] [--only build,render,validate,install,apply,throughput,footprint,fleet]
+    python3 bench/figures.py [--runs N] [--only build,render,validate,install,apply,throughput,footprint,fleet,live]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ for entry in (str(ROOT), str(ROOT / "src")):
 from bench.fleet_health import fleet_figures  # noqa: E402
 from bench.footprint import footprint_figures  # noqa: E402
 from bench.install import apply_figures, install_figures  # noqa: E402
+from bench.live import live_figures  # noqa: E402
 from bench.measure import Figure  # noqa: E402
 from bench.packaging import build_figures, render_figures  # noqa: E402
 from bench.throughput import throughput_figures  # noqa: E402
@@ -51,6 +52,7 @@ GROUPS: dict[str, Callable[[int], list[Figure]]] = {
     "throughput": throughput_figures,
     "footprint": footprint_figures,
     "fleet": fleet_figures,
+    "live": live_figures,
 }
 
 

@@ -44,7 +44,6 @@ SETTLE_SECONDS = 4.0  # the client's time in each settled state between steps
 # SETTLE_SECONDS (seen: about 10 s), so a settled state lasts until one
 # attempt begun in it is accepted, or this many seconds.
 SETTLE_TIMEOUT = 90.0
-OUTAGE_LIMIT_SECONDS = 30.0  # a restart takes seconds; the drop-in's stop timeout is 15 (systemd's default 90)
 DELIVERY_TIMEOUT = 300.0
 APT_TIMEOUT = 600.0
 
@@ -229,7 +228,11 @@ def wait_for_the_sink(bed: Testbed, accepted: set[str]) -> Counter[str]:
 
 @pytest.fixture(scope="module")
 def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
-    work = tmp_path_factory.mktemp("live")
+    return live_cycle(bed, tmp_path_factory.mktemp("live"))
+
+
+def live_cycle(bed: Testbed, work: Path) -> LiveCycle:
+    """N -> N+1, removal, reinstallation on the running relay while the client submits (also make bench's)."""
     upgrade = next_version(bed.artifacts.relay_deb, work, edit_rate)
     upgrade_path = bed.relay.system.copy_in(upgrade, f"/root/live/{upgrade.name}")
     assert bed.relay.check(f"postconf -h {RATE_KEY}").strip() == RATE_FROM
@@ -286,6 +289,9 @@ def cycle(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> LiveCycle:
     note = f"{bed.name}: live upgrade/removal, attempts per phase: " + "; ".join(
         f"{phase}: {dict(outcomes)}" for phase, outcomes in result.summary().items()
     )
+    note += "; longest time without an accepted message: " + ", ".join(
+        f"{step} {longest_outage(result, step):.1f} s" for step in LIVE_STEPS
+    )
     bed.notes.append(note)
     print(note)
     return result
@@ -299,10 +305,20 @@ def test_the_client_kept_submitting_through_every_step(cycle: LiveCycle) -> None
         assert summary.get(phase, Counter())["accepted"] > 0, f"nothing accepted while {phase}: {summary}"
 
 
-def longest_outage(attempts: list[Attempt]) -> float:
-    """The longest time, in seconds, between two accepted attempts."""
-    times = sorted(a.time for a in attempts if a.accepted)
-    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
+# The steps of the cycle, each between its mark and the next one.
+LIVE_STEPS = ("upgrade", "remove", "reinstall")
+
+
+def longest_outage(cycle: LiveCycle, step: str) -> float:
+    """The longest time, in seconds, between two accepted attempts around a step (its start to its end mark).
+
+    make bench's figure (bench/live.py): how long port 25 turned clients away.
+    """
+    names = [name for name, _ in cycle.marks]
+    start, end = cycle.marks[names.index(step)][1], cycle.marks[names.index(step) + 1][1]
+    times = sorted(a.time for a in cycle.attempts if a.accepted)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times) if later >= start and earlier <= end]
+    return max(gaps, default=0.0)
 
 
 # The prerm reverts without a restart; the postrm restarts Postfix once the
@@ -311,7 +327,6 @@ def longest_outage(attempts: list[Attempt]) -> float:
 def test_mail_keeps_flowing_through_the_removal_and_postfix_runs_unconfined_after_it(cycle: LiveCycle) -> None:
     summary = cycle.summary()
     assert summary.get("removed", Counter())["accepted"] > 0, f"nothing accepted once removed: {summary}"
-    assert longest_outage(cycle.attempts) < OUTAGE_LIMIT_SECONDS, f"mail refused for too long: {summary}"
     assert cycle.master_no_new_privs_after_removal == "0", "master(8) still runs under the removed drop-in"
 
 
