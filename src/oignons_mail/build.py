@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,26 @@ from oignons_mail.render import RenderedTree
 from oignons_mail.writer import replace_files
 
 # What a build copies: the source package, without build products or VCS data.
-_NOT_COPIED = shutil.ignore_patterns(
-    ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "*.egg-info"
-)
+# build/ and dist/ only at the top: a file named "build" deeper down (the
+# apply plan's golden output) is source, and the tests that read it run in the copy.
+_NOT_COPIED_ANYWHERE = (".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "*.egg-info")
+_NOT_COPIED_AT_THE_TOP = ("build", "dist")
+
+
+def not_copied(source: Path) -> Callable[[str, list[str]], set[str]]:
+    """shutil.copytree's `ignore` for a copy of the source tree at `source`."""
+    anywhere = shutil.ignore_patterns(*_NOT_COPIED_ANYWHERE)
+    top = source.resolve()
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        ignored = set(anywhere(directory, names))
+        if Path(directory).resolve() == top:
+            ignored.update(name for name in names if name in _NOT_COPIED_AT_THE_TOP)
+        return ignored
+
+    return ignore
+
+
 _PRODUCT_SUFFIXES = (".deb", ".buildinfo", ".changes")
 DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -68,7 +86,7 @@ def build_packages(
     for stale in work.glob(f"{package}_*") if work.is_dir() else []:
         stale.unlink()
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, tree, ignore=_NOT_COPIED, symlinks=True)
+    shutil.copytree(source, tree, ignore=not_copied(source), symlinks=True)
     replace_files(source_files, tree)
     if changelog is not None:
         shutil.copyfile(changelog, tree / "debian" / "changelog")

@@ -520,7 +520,7 @@ def recipient_extensions_table(site: Site) -> str:
         "# destination once however many extensions it names (docs/open-internet.md).",
     ]
     if site.relay.recipient_delimiter != "+":
-        return "\n".join([*lines, "# Not used: relay.recipient_delimiter is not \"+\"."]) + "\n"
+        return "\n".join([*lines, '# Not used: relay.recipient_delimiter is not "+".']) + "\n"
     suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_EXTENDED_SUFFIXES)
     domains = "|".join(_regexp_literal(domain) for domain in site.relay.destinations)
     lines += [

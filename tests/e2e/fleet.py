@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oignons_mail import repo
-from oignons_mail.build import release_entry
+from oignons_mail.build import not_copied, release_entry
 from oignons_mail.site import load_site
 from tests.e2e import machines
 from tests.e2e.machines import RUN_PREFIX, SINK_ADDRESS, Container, delete_namespaces, run, wait_until
@@ -181,17 +181,12 @@ def _toml_list(values: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{v}"' for v in values) + "]"
 
 
-_NOT_COPIED = shutil.ignore_patterns(
-    ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"
-)
-
-
 def build_release(work: Path, name: str, site: str, version: str | None, text: str) -> Path:
     """Build the packages of one release from a copy of the source tree; the dist directory."""
     source = work / f"src-{name}"
     if source.exists():
         shutil.rmtree(source)
-    shutil.copytree(REPOSITORY, source, ignore=_NOT_COPIED)
+    shutil.copytree(REPOSITORY, source, ignore=not_copied(REPOSITORY))
     if version is not None:
         add_changelog_entry(source, version, text)
     site_file = work / f"site-{name}.toml"
@@ -294,7 +289,7 @@ def build_published_site(site: FleetSite, fixture: Path, work: Path) -> FleetArt
     )
     assert (relay_count, node_count) == (1, 1), f"{fixture}: no one `relay_pins = [...]` and `node_pins = {{...}}`"
     source = work / "src-N"
-    shutil.copytree(REPOSITORY, source, ignore=_NOT_COPIED)
+    shutil.copytree(REPOSITORY, source, ignore=not_copied(REPOSITORY))
     site_file = work / "site-N.toml"
     site_file.write_text(text, encoding="utf-8")
     version = "0.1.0"
