@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from oignons_mail import health, postfix
-from oignons_mail.site import SCHLEUDER_SUFFIXES, Site
+from oignons_mail.site import ARC_SELECTOR, SCHLEUDER_SUFFIXES, Site
 
 RenderedTree = dict[str, str]
 
@@ -824,8 +824,7 @@ def srs_config(site: Site) -> str:
 # -- ARC: the relay seals the mail it receives for the site's domains ----------
 
 # One selector for the ARC keys of every signing domain, beside the DKIM keys
-# (so that `oignons-mail dns` publishes them with those).
-ARC_SELECTOR = "arc"
+# (so that `oignons-mail dns` publishes them with those): site.ARC_SELECTOR.
 
 
 def arc_config(site: Site) -> str:

@@ -938,9 +938,16 @@ def _optional_table(parent: _Table, name: str) -> _Table:
     return _Table(parent.file, parent.key(name), {})
 
 
+# The selector of the relay's ARC keys (rspamd's local.d/arc.conf), published
+# beside the DKIM keys: a DKIM selector of that name would share their DNS name.
+ARC_SELECTOR = "arc"
+
+
 def dkim_selector(value: str) -> str:
     if not _LABEL_RE.fullmatch(value):
         raise RuleError("not a DKIM selector (one DNS label: letters, digits and '-')", 'e.g. "oignons2026"')
+    if value.lower() == ARC_SELECTOR:
+        raise RuleError(f"is the selector of the relay's ARC keys ({ARC_SELECTOR!r})", 'e.g. "oignons2026"')
     return value
 
 

@@ -277,6 +277,15 @@ class Case:
 IP_RULE = "is an IP address, not a host or domain name (Postfix looks a name up in the DNS here)"
 
 CASES = [
+    # dkim.selector: the ARC keys' selector is taken
+    Case(
+        "dkim-selector-arc",
+        set_("dkim", "selector", "arc"),
+        "dkim.selector",
+        '"arc"',
+        "is the selector of the relay's ARC keys ('arc')",
+        'e.g. "oignons2026"',
+    ),
     # relay.node_pins: node name -> sha256 pin of its client certificate
     Case(
         "node-pin-bad-node-name",
