@@ -524,8 +524,10 @@ def recipient_extensions_table(site: Site) -> str:
     suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_EXTENDED_SUFFIXES)
     domains = "|".join(_regexp_literal(domain) for domain in site.relay.destinations)
     lines += [
-        "# Mailman 3's VERP bounces and confirmation tokens: kept as they are.",
+        "# Mailman 3's VERP bounces and confirmation tokens, and SRS addresses (a bounce",
+        "# to a forwarded sender, user+tag's included, which postsrsd's hash covers): kept.",
         f"/^(.+-({suffixes})\\+.*)$/  ${{1}}",
+        "/^(SRS[01][-+=].*)$/  ${1}",
         f"/^([^+@]+)\\+[^@]*@({domains})$/  ${{1}}@${{2}}",
     ]
     return "\n".join(lines) + "\n"

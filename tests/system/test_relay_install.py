@@ -257,6 +257,7 @@ EXTENSION_REWRITES = {
     "postmaster+0@nos-oignons.net": "postmaster@nos-oignons.net",
     "dons+1@nos-oignons.net": "dons@nos-oignons.net",
     "discussion-bounces+someone=example.org@nos-oignons.org": "discussion-bounces+someone=example.org@nos-oignons.org",
+    "SRS0=HHHH=TT=example.org=user+tag@nos-oignons.net": "SRS0=HHHH=TT=example.org=user+tag@nos-oignons.net",
     "user+x@elsewhere.test": "",
     "postmaster@nos-oignons.net": "",
 }

@@ -1316,6 +1316,7 @@ def test_extensions_of_the_sites_addresses_are_merged_in_the_envelope(data: Data
     for kept in (
         "discussion-bounces+someone=example.org@nos-oignons.org",
         "discussion-confirm+0123abc@nos-oignons.org",
+        "SRS0=HHHH=TT=example.org=user+tag@nos-oignons.net",
     ):
         assert recipient_rewrite(table, kept) == kept
     for untouched in ("postmaster@nos-oignons.net", "user+x@elsewhere.test", "root+x@marcuse.nos-oignons.net"):
