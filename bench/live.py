@@ -10,6 +10,7 @@ so 0.2 s to 1 s is mail flowing; more is mail turned away.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tests.e2e.test_live_upgrade import LIVE_STEPS, live_cycle, longest_outage
@@ -31,7 +32,8 @@ def live_figures(runs: int) -> list[Figure]:
     for release in RELEASES:
         with testbed(artifacts, release, release) as bed:
             work = WORK / f"cycle-{release}"
-            work.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(work, ignore_errors=True)  # a run's N+1 tree and client log: dpkg-deb -R wants none
+            work.mkdir(parents=True)
             cycle = live_cycle(bed, work)
         for step in LIVE_STEPS:
             figure = Figure(f"port25_longest_gap_s_{step}_{release}", "s")
