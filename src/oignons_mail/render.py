@@ -381,6 +381,7 @@ def relay_master_cf(site: Site) -> list[str]:
             for t in site.relay.transports
         ),
         *srs_master_cf(),
+        *recipient_extension_cleanup(site),
     ]
     # Every service un-chrooted: systemd confines Postfix instead (wiki, point 5).
     return [f"-M {entry}" for entry in entries] + ["-F */*/chroot = n"]
@@ -500,14 +501,29 @@ MAILMAN_EXTENDED_SUFFIXES = ("-bounces", "-confirm")
 
 
 def recipient_extension_settings(site: Site) -> list[tuple[str, str]]:
-    """cleanup's extension merge; none for a delimiter other than "+", which Mailman's extensions do not use."""
+    """main.cf's part of the extension merge (the cleanup service has the map: recipient_extension_cleanup)."""
     if site.relay.recipient_delimiter != "+":
         return []
-    return [
-        ("canonical_maps", f"regexp:{RECIPIENT_EXTENSIONS_FILE}"),
-        ("canonical_classes", "envelope_recipient"),
-        ("enable_original_recipient", "no"),
-    ]
+    return [("enable_original_recipient", "no")]
+
+
+def recipient_extension_cleanup(site: Site) -> list[str]:
+    """The cleanup service with the extension map, in master.cf: smtpd never sees it.
+
+    smtpd counts an address that canonical_maps maps as a known recipient: in
+    main.cf, the map would make every user+extension@<destination> (an unknown
+    user's too) and every SRS address (a forged one too) pass RCPT, then
+    bounce.  smtpd tries user+extension, then user, in its own recipient tables.
+    """
+    if site.relay.recipient_delimiter != "+":
+        return []
+    arguments = (
+        "-o",
+        f"canonical_maps=regexp:{RECIPIENT_EXTENSIONS_FILE}",
+        "-o",
+        "canonical_classes=envelope_recipient",
+    )
+    return [postfix.master_cf_entry("cleanup", "unix", "cleanup", private="n", process_limit="0", arguments=arguments)]
 
 
 def recipient_extensions_table(site: Site) -> str:

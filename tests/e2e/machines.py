@@ -233,7 +233,8 @@ class Container:
         listed = self.run("systemctl --failed --no-legend --no-pager --plain | awk '{ print $1 }'", timeout=30)
         results = {}
         for unit in listed.stdout.split():
-            results[unit] = self.run(f"systemctl show -p Result --value {unit}", timeout=30).stdout.strip()
+            shown = self.run(f"systemctl show -p Result -p ExecMainStatus --value {unit}", timeout=30).stdout.split()
+            results[unit] = " ".join(shown)  # "exit-code 219", "resources 0"
         try:
             to_start = units_to_start_again(self.machine, results)
         except AssertionError as error:
@@ -392,15 +393,24 @@ def boot_all(containers: Sequence[Container]) -> None:
 # a unit that really fails.  Any other unit that fails at boot (postfix,
 # rspamd, unbound, schleuder...) fails the run: a first start that fails is a bug.
 FLAKY_AT_BOOT = ("systemd-journal-flush.service", "mailman3.service")
-# systemd's own failure to start a unit's process ("Failed to spawn executor",
-# seen on trixie's systemd under load for systemd-journal-flush and for the
-# Mailman table's reload unit): the host's, whichever the unit.
+# systemd's own failure to start a unit's process, the host's whichever the
+# unit: "Failed to spawn executor" (Result=resources: trixie's systemd under
+# load, seen for systemd-journal-flush and the Mailman table's reload unit),
+# "Failed at step CGROUP spawning" (exit status 219: bookworm's, seen for
+# systemd-remount-fs).  Never a step our units configure (NAMESPACE is 226).
 SPAWN_FAILED = "resources"
+SPAWN_FAILED_STATUS = "219"
+
+
+def spawn_failed(result: str) -> bool:
+    """`result` is systemctl show's "Result ExecMainStatus", e.g. "exit-code 219"."""
+    words = result.split()
+    return bool(words) and (words[0] == SPAWN_FAILED or words[1:2] == [SPAWN_FAILED_STATUS])
 
 
 def units_to_start_again(machine: str, failed: Mapping[str, str]) -> list[str]:
-    """The failed units (unit: its Result) to start once more; any other fails (AssertionError)."""
-    others = [unit for unit, result in failed.items() if unit not in FLAKY_AT_BOOT and result != SPAWN_FAILED]
+    """The failed units (unit: its "Result ExecMainStatus") to start once more; any other fails (AssertionError)."""
+    others = [unit for unit, result in failed.items() if unit not in FLAKY_AT_BOOT and not spawn_failed(result)]
     if others:
         listed = ", ".join(f"{unit} ({failed[unit]})" for unit in others)
         raise AssertionError(f"{machine}: units failed at their first start: {listed}")

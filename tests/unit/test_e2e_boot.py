@@ -31,5 +31,15 @@ def test_only_the_known_flaky_units_are_started_again() -> None:
 
 
 def test_a_unit_systemd_could_not_spawn_is_started_again() -> None:
-    failed = {"oignons-mail-relay-mailman-table.service": SPAWN_FAILED, "mailman3.service": "timeout"}
+    failed = {
+        "oignons-mail-relay-mailman-table.service": f"{SPAWN_FAILED} 0",
+        "systemd-remount-fs.service": "exit-code 219",  # Failed at step CGROUP spawning
+        "mailman3.service": "timeout 0",
+    }
     assert units_to_start_again("relay", failed) == list(failed)
+
+
+@pytest.mark.parametrize("status", ["226", "1", "203"])  # NAMESPACE (a confinement error), the command's own, EXEC
+def test_another_exit_status_fails_the_run(status: str) -> None:
+    with pytest.raises(AssertionError, match=r"postfix@-\.service"):
+        units_to_start_again("relay", {"postfix@-.service": f"exit-code {status}"})

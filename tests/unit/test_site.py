@@ -1322,13 +1322,17 @@ def test_extensions_of_the_sites_addresses_are_merged_in_the_envelope(data: Data
     for untouched in ("postmaster@nos-oignons.net", "user+x@elsewhere.test", "root+x@marcuse.nos-oignons.net"):
         assert recipient_rewrite(table, untouched) is None, untouched
     settings = dict(line.split(" = ", 1) for line in files["relay/main.cf"].splitlines() if " = " in line)
-    assert settings["canonical_classes"] == "envelope_recipient"  # headers stay as signed
     assert settings["enable_original_recipient"] == "no"  # the duplicate filter's key is the recipient alone
-    assert settings["canonical_maps"] == f"regexp:{render_module.RECIPIENT_EXTENSIONS_FILE}"
+    # The map is the cleanup service's alone: in main.cf, smtpd would count every address it maps as known.
+    assert "canonical_maps" not in settings
+    (cleanup,) = [line for line in files["relay/master.cf"].splitlines() if line.startswith("-M cleanup/unix = ")]
+    assert f"-o canonical_maps=regexp:{render_module.RECIPIENT_EXTENSIONS_FILE}" in cleanup
+    assert "-o canonical_classes=envelope_recipient" in cleanup  # headers stay as signed
 
 
 def test_another_delimiter_merges_nothing(data: Data) -> None:
     data["relay"]["recipient_delimiter"] = "-"
     files = render(parse_site(data, "site.toml"))
-    assert "canonical_maps" not in files["relay/main.cf"]
+    assert "recipient_extensions" not in files["relay/main.cf"] + files["relay/master.cf"]
+    assert "-M cleanup/unix" not in files["relay/master.cf"]
     assert recipient_rewrite(files["relay/recipient_extensions.regexp"], "machines-request@nos-oignons.net") is None
