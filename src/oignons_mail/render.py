@@ -457,20 +457,27 @@ def own_domains(site: Site) -> list[str]:
 def own_domains_table(site: Site) -> str:
     """regexp:OWN_DOMAINS_FILE, for check_sender_access: the site's domains, refused as senders from outside.
 
-    The domains themselves, not their subdomains: a node whose certificate the
-    relay does not know (no pin yet, a new key) is an outside client, and its
-    own mail (root@marcuse.<domain>) must still reach root's list, as it always
-    has; refused, it would bounce to the same broken path.
+    With relay.subdomain_senders = "anyone", the domains themselves, not their
+    subdomains: a node whose certificate the relay does not know (no pin yet,
+    a new key) is an outside client, and its own mail (root@marcuse.<domain>)
+    must still reach root's list; refused, it would bounce to the same broken
+    path.  With "pinned-nodes", their subdomains too.
     """
     source = PurePosixPath(site.source).name
+    which = "and their subdomains" if _subdomains_refused(site) else "themselves (not their subdomains)"
     lines = [
         f"# own_domains.regexp: a table of oignons-mail-relay, generated from {source}.",
         "# Package data, read by smtpd for clients outside mynetworks without a node",
-        "# certificate: the site's domains themselves (not their subdomains) as senders.",
+        f"# certificate: the site's domains {which} as senders.",
     ]
     reply = OWN_SENDER_REPLY
-    lines += [f"/@{_regexp_literal(domain)}$/  {reply}" for domain in own_domains(site)]
+    subdomains = r"([^@]+\.)?" if _subdomains_refused(site) else ""
+    lines += [f"/@{subdomains}{_regexp_literal(domain)}$/  {reply}" for domain in own_domains(site)]
     return "\n".join(lines) + "\n"
+
+
+def _subdomains_refused(site: Site) -> bool:
+    return site.relay.subdomain_senders == "pinned-nodes"
 
 
 def open_internet_settings(site: Site) -> list[tuple[str, str]]:
@@ -572,8 +579,9 @@ def rspamd_multimap(site: Site) -> str:
     source = PurePosixPath(site.source).name
     local = ", ".join(f'"{network}"' for network in rspamd_local_addrs())
     # Bare regular expressions: rspamd 3.12 takes a list entry that starts with "/" for a file.
-    # The domains themselves, not their subdomains (own_domains_table says why).
-    patterns = ", ".join('"(?i)^' + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
+    # The domains themselves, and their subdomains as own_domains_table decides.
+    subdomains = "(.+\\\\.)?" if _subdomains_refused(site) else ""
+    patterns = ", ".join('"(?i)^' + subdomains + domain.replace(".", "\\\\.") + '$"' for domain in own_domains(site))
     return (
         f"# oignons-mail-relay: symbols for forged own domains, generated from {source}.\n"
         f"# {OUTSIDE_MARK_HEADER}: {OUTSIDE_MARK_VALUE} is prepended by Postfix to mail from\n"

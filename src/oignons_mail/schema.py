@@ -199,6 +199,17 @@ SCHEMA: tuple[Table, ...] = (
                 '{ marcuse = "48f86ca4aab2a59662d7108b68b5d96bafed93a36aa51c111ce9467de15655be" }',
             ),
             Key(
+                "subdomain_senders",
+                "a string",
+                "Who may use a subdomain of the site's domains (a node's name, root@marcuse.example.org) as"
+                ' envelope sender or in From:, from outside mynetworks: "pinned-nodes" (the nodes of'
+                ' relay.node_pins; anyone else gets 554 5.7.1) or "anyone" (nodes without a pin included).'
+                " The site's domains themselves are refused from outside either way.",
+                '"pinned-nodes" or "anyone"; "pinned-nodes" needs relay.node_pins',
+                '"pinned-nodes"',
+                default='"pinned-nodes" when relay.node_pins names a node, "anyone" when it is empty',
+            ),
+            Key(
                 "default_destination_concurrency_limit",
                 "a whole number",
                 "default_destination_concurrency_limit.",

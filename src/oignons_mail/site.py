@@ -38,6 +38,10 @@ T = TypeVar("T")
 INSTALLED_RELAY_SITE = "/usr/share/oignons-mail-relay/site.toml"
 
 Digest = Literal["sha1", "sha256"]
+# Who may write as a subdomain of the site's domains (a node's name) from
+# outside mynetworks (relay.subdomain_senders, docs/open-internet.md).
+SubdomainSenders = Literal["pinned-nodes", "anyone"]
+SUBDOMAIN_SENDERS: tuple[SubdomainSenders, ...] = ("pinned-nodes", "anyone")
 # The forms of a Schleuder list address that reach Schleuder.
 SCHLEUDER_SUFFIXES = ("", "-request", "-owner", "-bounce", "-sendkey")
 DIGEST_BYTES: dict[str, int] = {"sha1": 20, "sha256": 32}
@@ -118,6 +122,10 @@ class Relay:
     # Tor nodes that may relay to any address, by the sha256 pin of their
     # TLS client certificate's public key: ((node, pin), ...).
     node_pins: tuple[tuple[str, str], ...]
+    # "pinned-nodes": an outside client (not mynetworks, no pinned
+    # certificate) may not use a subdomain of the site's domains as envelope
+    # sender or in From:; "anyone": it may (nodes without a pin).
+    subdomain_senders: SubdomainSenders
     default_destination_concurrency_limit: int
     client_limits: ClientLimits
     responder: Responder
@@ -327,6 +335,15 @@ def cipher_grade(value: str) -> str:
     if value not in _CIPHER_GRADES:
         raise RuleError(
             f"not a Postfix cipher grade (one of {', '.join(_CIPHER_GRADES)})", '"high" for mail between the sites'
+        )
+    return value
+
+
+def subdomain_senders_name(value: str) -> SubdomainSenders:
+    if value not in SUBDOMAIN_SENDERS:
+        raise RuleError(
+            f"is not one of {', '.join(SUBDOMAIN_SENDERS)}",
+            '"pinned-nodes" once every node is in relay.node_pins, "anyone" before',
         )
     return value
 
@@ -760,6 +777,7 @@ def _parse_relay(table: _Table) -> Relay:
         raise table.error(
             "recipient_delimiter", delimiter, "must be one punctuation character", 'e.g. "+", not "@" or "."'
         )
+    node_pins = table.mapping("node_pins", host_label, lambda pin: fingerprint(pin, "sha256"))
     relay = Relay(
         hostname=hostname,
         mydomain=table.string("mydomain", domain_name),
@@ -770,7 +788,8 @@ def _parse_relay(table: _Table) -> Relay:
         tls_key_file=table.string("tls_key_file", absolute_path),
         rspamd_milter_socket=table.string("rspamd_milter_socket", milter_socket),
         schleuder_lists=schleuder_lists,
-        node_pins=table.mapping("node_pins", host_label, lambda pin: fingerprint(pin, "sha256")),
+        node_pins=node_pins,
+        subdomain_senders=_parse_subdomain_senders(table, node_pins),
         default_destination_concurrency_limit=table.integer("default_destination_concurrency_limit"),
         client_limits=_parse_client_limits(table.table("client_limits")),
         responder=_parse_responder(table.table("responder"), destinations),
@@ -779,6 +798,21 @@ def _parse_relay(table: _Table) -> Relay:
     )
     table.finish()
     return relay
+
+
+def _parse_subdomain_senders(table: _Table, node_pins: tuple[tuple[str, str], ...]) -> SubdomainSenders:
+    """Default: "pinned-nodes" as soon as the relay knows a node by its certificate, "anyone" before."""
+    value = table.optional_string("subdomain_senders", subdomain_senders_name)
+    if value is None:
+        return "pinned-nodes" if node_pins else "anyone"
+    if value == "pinned-nodes" and not node_pins:
+        raise table.error(
+            "subdomain_senders",
+            value,
+            "needs relay.node_pins: with no node pinned, every node is an outside client",
+            "pin the nodes first (README, step 6), or leave the key out",
+        )
+    return cast(SubdomainSenders, value)
 
 
 def _parse_client_limits(table: _Table) -> ClientLimits:

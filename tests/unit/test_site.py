@@ -10,6 +10,7 @@ rule, and the value as str(error) shows it.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from collections.abc import Callable
@@ -1203,36 +1204,83 @@ def test_recipient_limits_reach_main_cf(data: Data) -> None:
     assert "smtpd_recipient_limit = 3" in lines
 
 
-def own_domain_entries(files: dict[str, str]) -> dict[str, str]:
-    """Each regexp of own_domains.regexp, unquoted back to its domain (subdomains would need another form)."""
-    entries = {}
+def own_sender_reply(files: dict[str, str], sender: str) -> str | None:
+    """What check_sender_access regexp:own_domains.regexp answers for sender (Postfix: first match, no case)."""
     for line in files["relay/own_domains.regexp"].splitlines():
         if line.startswith("/"):
             pattern, reply = line.split("  ", 1)
-            assert pattern.startswith("/@"), pattern
-            assert pattern.endswith("$/"), pattern
-            entries[pattern[2:-2].replace("\\", "")] = reply
-    return entries
+            assert pattern.startswith("/"), pattern
+            assert pattern.endswith("/"), pattern
+            if re.search(pattern[1:-1], sender, re.IGNORECASE):
+                return reply
+    return None
+
+
+def own_from_domain_matches(files: dict[str, str], domain: str) -> bool:
+    """Whether rspamd's OIGNONS_OWN_FROM map (regular expressions on the From: domain) matches domain."""
+    conf = files["relay/rspamd-multimap.conf"]
+    block = conf[conf.index("OIGNONS_OWN_FROM {") :]
+    entries = re.search(r"map = \[(.*)\];", block)
+    assert entries, block
+    patterns = [json.loads(entry) for entry in re.findall(r'"(?:[^"\\]|\\.)*"', entries.group(1))]
+    return any(re.search(pattern, domain) for pattern in patterns)
+
+
+OWN_SENDERS = ("root@nos-oignons.net", "Root@Nos-Oignons.FR", "dons@bulbe.tetaneutral.net")
+NODE_SENDERS = ("root@marcuse.nos-oignons.net", "cron@a.b.nos-oignons.fr")
+NOT_OWN_SENDERS = ("root@evilnos-oignons.net", "root@nos-oignons.net.example.org", "x@nos-oignons.network")
 
 
 def test_own_domains_are_refused_as_senders_from_outside(data: Data) -> None:
-    data["relay"]["node_pins"] = {"marcuse": "ab" * 32}
     files = render(parse_site(data, "site.toml"))
-    entries = own_domain_entries(files)
-    for domain in ("nos-oignons.net", "nos-oignons.fr", "bulbe.tetaneutral.net"):
-        assert entries[domain].startswith("REJECT "), entries
-    assert '"(?i)^nos-oignons\\\\.net$"' in files["relay/rspamd-multimap.conf"]
+    for sender in OWN_SENDERS:
+        assert (own_sender_reply(files, sender) or "").startswith("REJECT "), sender
+        assert own_from_domain_matches(files, sender.partition("@")[2]), sender
+    for sender in (*NODE_SENDERS, *NOT_OWN_SENDERS):
+        assert own_sender_reply(files, sender) is None, sender
+        assert not own_from_domain_matches(files, sender.partition("@")[2]), sender
     restrictions = next(line for line in files["relay/main.cf"].splitlines() if line.startswith("smtpd_sender_r"))
     assert restrictions.index("permit_tls_clientcerts") < restrictions.index("own_domains"), restrictions
 
 
-def test_the_nodes_own_names_stay_open(data: Data) -> None:
+def test_once_nodes_are_pinned_their_names_are_refused_from_outside_too(data: Data) -> None:
+    data["relay"]["node_pins"] = {"marcuse": "ab" * 32}
+    site = parse_site(data, "site.toml")
+    assert site.relay.subdomain_senders == "pinned-nodes"
+    files = render(site)
+    for sender in (*OWN_SENDERS, *NODE_SENDERS):
+        assert (own_sender_reply(files, sender) or "").startswith("REJECT "), sender
+        assert own_from_domain_matches(files, sender.partition("@")[2]), sender
+    for sender in NOT_OWN_SENDERS:
+        assert own_sender_reply(files, sender) is None, sender
+        assert not own_from_domain_matches(files, sender.partition("@")[2]), sender
+
+
+def test_the_nodes_names_stay_open_while_a_site_says_anyone(data: Data) -> None:
     """A node the relay does not know is an outside client: root@marcuse.<domain> must still reach root's list."""
-    for pins in ({}, {"marcuse": "ab" * 32}):
-        data["relay"]["node_pins"] = pins
-        files = render(parse_site(data, "site.toml"))
-        assert not [key for key in own_domain_entries(files) if key.startswith(".")]
-        assert "(^|" not in files["relay/rspamd-multimap.conf"]
+    data["relay"]["node_pins"] = {"marcuse": "ab" * 32}
+    data["relay"]["subdomain_senders"] = "anyone"
+    files = render(parse_site(data, "site.toml"))
+    for sender in NODE_SENDERS:
+        assert own_sender_reply(files, sender) is None, sender
+        assert not own_from_domain_matches(files, sender.partition("@")[2]), sender
+    assert (own_sender_reply(files, OWN_SENDERS[0]) or "").startswith("REJECT ")
+
+
+@pytest.mark.parametrize(
+    ("value", "pins", "rule"),
+    [
+        ("pinned-nodes", {}, "needs relay.node_pins"),
+        ("pinned", {"marcuse": "ab" * 32}, "is not one of pinned-nodes, anyone"),
+    ],
+)
+def test_subdomain_senders_is_checked(data: Data, value: str, pins: dict[str, str], rule: str) -> None:
+    data["relay"]["node_pins"] = pins
+    data["relay"]["subdomain_senders"] = value
+    with pytest.raises(SiteError) as error:
+        parse_site(data, "site.toml")
+    assert "relay.subdomain_senders" in str(error.value), error.value
+    assert rule in str(error.value), error.value
 
 
 def test_list_command_addresses_are_refused_from_outside_but_schleuders_request(data: Data) -> None:
