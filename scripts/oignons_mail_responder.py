@@ -128,17 +128,19 @@ _RSPAMD_HAM_ACTIONS = frozenset({"no action", "greylist"})
 _FAILED_AUTHENTICATION = frozenset({("spf", "fail"), ("spf", "softfail"), ("dkim", "fail"), ("dmarc", "fail")})
 _RESINFO_RE = re.compile(r"([A-Za-z0-9-]+)\s*=\s*([A-Za-z0-9-]+)")
 
-# Only printable ASCII without angle brackets or spaces may appear in the
-# msg-ids we copy into the reply, so that a hostile message cannot inject
-# headers or produce something the folding code cannot handle.
-_MSG_ID_RE = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
-_MAX_REFERENCES = 20
+# The reply is signed with the site's key (rspamd's default sign_headers
+# include In-Reply-To and References): what it copies from a stranger's
+# message is one msg-id of the shape MTAs and mail programs generate
+# (dot-atom @ dot-atom, no spaces, at most _MAX_MSG_ID_LENGTH characters),
+# enough to thread the reply, too little to carry a sentence under the
+# association's signature.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_MSG_ID_RE = re.compile(rf"<{_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*>")
+_MAX_MSG_ID_LENGTH = 100
 
-# Message-IDs longer than a line would be turned into RFC 2047 encoded words
-# by the email package's folder, which breaks threading; the References and
-# In-Reply-To fields are therefore folded here and stored raw.
+# The msg-id is stored raw (set_raw), not refolded by the email package,
+# which would turn a long one into RFC 2047 encoded words.
 _REPLY_POLICY = policy.SMTP.clone(refold_source="none")
-_HEADER_LINE_LENGTH = 78
 
 _CONFIG_KEYS: dict[str, type] = {
     "from_address": str,
@@ -530,24 +532,15 @@ def rate_limit_key(sender: str, delimiter: str) -> str:
     return f"{local}@{domain}" if local else sender.lower()
 
 
-def _message_ids(value: str) -> list[str]:
-    return _MSG_ID_RE.findall(value)
-
-
-def _fold_ids(name: str, ids: Sequence[str]) -> str:
-    lines: list[str] = []
-    current = ""
-    width = len(name) + 2
-    for msg_id in ids:
-        if current and width + 1 + len(msg_id) > _HEADER_LINE_LENGTH:
-            lines.append(current)
-            current = msg_id
-            width = 1 + len(msg_id)
-        else:
-            width += (1 if current else 0) + len(msg_id)
-            current = f"{current} {msg_id}" if current else msg_id
-    lines.append(current)
-    return "\n ".join(lines)
+def _parent_message_id(message: Message) -> str | None:
+    """The message's own msg-id, if its Message-ID field is one msg-id of the accepted shape."""
+    values = _header_values(message, "Message-ID")
+    if len(values) != 1:
+        return None
+    value = values[0].strip()
+    if len(value) > _MAX_MSG_ID_LENGTH or not _MSG_ID_RE.fullmatch(value):
+        return None
+    return value
 
 
 def build_reply(message: Message, sender: str, config: Config, now: datetime) -> EmailMessage:
@@ -563,21 +556,12 @@ def build_reply(message: Message, sender: str, config: Config, now: datetime) ->
     reply["Date"] = format_datetime(now)
     reply["Message-ID"] = make_msgid(domain=own.domain)
 
-    parent_ids = [found for value in _header_values(message, "Message-ID") for found in _message_ids(value)][:1]
-    references = [found for value in _header_values(message, "References") for found in _message_ids(value)]
-    if not references:
-        # RFC 5322 section 3.6.4: fall back to a single-id In-Reply-To.
-        in_reply_to = [found for value in _header_values(message, "In-Reply-To") for found in _message_ids(value)]
-        if len(in_reply_to) == 1:
-            references = in_reply_to
-    references = [ref for ref in references if ref not in parent_ids] + parent_ids
-    if len(references) > _MAX_REFERENCES:
-        # Keep the thread root and the most recent ancestors, as MUAs do.
-        references = references[:1] + references[-(_MAX_REFERENCES - 1) :]
-    if parent_ids:
-        reply.set_raw("In-Reply-To", parent_ids[0])
-    if references:
-        reply.set_raw("References", _fold_ids("References", references))
+    # RFC 3834 section 3.1.5: In-Reply-To names the message answered; the
+    # stranger's References chain is not copied (docs/open-internet.md).
+    parent = _parent_message_id(message)
+    if parent is not None:
+        reply.set_raw("In-Reply-To", parent)
+        reply.set_raw("References", parent)
 
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = config.from_address

@@ -32,7 +32,16 @@ from tests.e2e.machines import (
     run,
     wait_until,
 )
-from tests.e2e.mail import Sent, delivery_lines, final_reply, replies, sendmail, smtp_process, wait_for_delivery
+from tests.e2e.mail import (
+    Sent,
+    delivery_lines,
+    final_reply,
+    header,
+    replies,
+    sendmail,
+    smtp_process,
+    wait_for_delivery,
+)
 from tests.e2e.test_mail import swaks_message
 from tests.e2e.testbed import (
     DKIM_DIRECTORY,
@@ -342,13 +351,23 @@ def test_list_mail_from_a_node_arrives_with_a_dkim_signature_that_verifies(bed: 
     bed.notes.append(f"DKIM of the list's copy ({bed.name}): verifies, {signer}")
 
 
+# What a stranger's References would have the signed reply carry (docs/open-internet.md).
+STRANGERS_REFERENCES = "<visit-evil.example-for-the-association@evil.example> <another@evil.example>"
+
+
 def test_responder_reply_has_a_dkim_signature_that_verifies(bed: Testbed) -> None:
+    """Signed with the site's key, and of the stranger's message only its own msg-id, to thread the reply."""
     sender = f"dkim-donor@{OUTSIDE_DOMAIN}"
-    arguments, _ = swaks_message("dkim-dons", sender, f"dons@{DOMAIN}")
+    arguments, message_id = swaks_message(
+        "dkim-dons", sender, f"dons@{DOMAIN}", "--header", f"References: {STRANGERS_REFERENCES}"
+    )
     bed.swaks(*arguments).check("swaks to dons@")
     reply = bed.sink.wait_for(f"the responder's reply to {sender}", lambda m: sender in m.rcpt_to, 90)
     signer = verify_dkim(bed, reply)
     assert signer == f"d={DOMAIN} s={bed.artifacts.site.dkim.selector}", signer
+    assert header(reply.data, "In-Reply-To") == f"<{message_id}>", reply.data[:3000]
+    assert header(reply.data, "References") == f"<{message_id}>", reply.data[:3000]
+    assert "evil.example" not in reply.data, reply.data[:3000]
     bed.notes.append(f"DKIM of the responder's reply ({bed.name}): verifies, {signer}")
 
 
