@@ -70,6 +70,7 @@ def render(site: Site) -> RenderedTree:
     files["relay/rspamd-options.inc"] = rspamd_options(site)
     files["relay/rspamd-multimap.conf"] = rspamd_multimap(site)
     files["relay/rspamd-force-actions.conf"] = rspamd_force_actions(site)
+    files["relay/rspamd-ratelimit.conf"] = rspamd_ratelimit(site)
     files["relay/list_commands.regexp"] = list_commands_table(site)
     files["relay/own_domains.regexp"] = own_domains_table(site)
     files["relay/recipient_extensions.regexp"] = recipient_extensions_table(site)
@@ -647,6 +648,60 @@ def list_commands_table(site: Site) -> str:
     suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_COMMAND_SUFFIXES)
     lines.append(f"/^[^@]+-({suffixes}){extension}@/  {LIST_COMMANDS_REPLY}")
     return "\n".join(lines) + "\n"
+
+
+# Mailman 3 answers mail to these addresses on error only (a non-member
+# leaving, a wrong token), but to whoever the message names, signed with the
+# site's key; they stay open from outside (unsubscribing by mail must work),
+# bounded by rspamd's ratelimit module instead (docs/open-internet.md).
+MAILMAN_ERROR_ANSWER_SUFFIXES = ("-leave", "-unsubscribe", "-confirm")
+# At most this many messages an hour to those addresses per sender (the
+# envelope's and each From: address, which Mailman answers), and in all.
+LIST_ANSWERS_PER_SENDER_AN_HOUR = 3
+LIST_ANSWERS_AN_HOUR = 30
+
+
+def rspamd_ratelimit(site: Site) -> str:
+    """local.d/ratelimit.conf: Mailman's answers to strangers, bounded per sender and in all, per hour.
+
+    Keys are built by rspamd selectors (rspamd 3.4 and 3.12): the recipients
+    joined by commas, searched for a command address of the site's domains;
+    no match gives no key, and the message is not counted.
+    """
+    source = PurePosixPath(site.source).name
+    suffixes = "|".join(suffix.lstrip("-") for suffix in MAILMAN_ERROR_ANSWER_SUFFIXES)
+    # "[.]" and "[+]", not backslashes: the pattern is inside a selector inside a UCL string.
+    domains = "|".join(domain.replace(".", "[.]") for domain in site.relay.destinations)
+    command = f"rcpts('smtp'):addr.lower.join(',').regexp('/(^|,)[^@,]+-({suffixes})([+][^@,]*)?@({domains})(,|$)/')"
+    per_sender = LIST_ANSWERS_PER_SENDER_AN_HOUR
+    in_all = LIST_ANSWERS_AN_HOUR
+    return (
+        f"# oignons-mail-relay: bounds on Mailman 3's answers to strangers, generated from {source}.\n"
+        f"# Mailman answers mail to list{', list'.join(MAILMAN_ERROR_ANSWER_SUFFIXES)}+TOKEN on error\n"
+        "# (a non-member leaving, a wrong token), to the sender it names, signed with\n"
+        f"# the site's key: at most {per_sender} such messages an hour per sender (envelope and From:)\n"
+        f"# and {in_all} an hour in all; the others get 451 4.7.1 at the end of DATA (try later).\n"
+        "# The buckets are in Redis (local.d/redis.conf); without it rspamd disables the module.\n"
+        "# Not postmaster and mailer-daemon (rspamd's default): a second recipient\n"
+        "# postmaster@ would lift every bound of the message.\n"
+        'whitelisted_rcpts = ["nobody@invalid"];\n'
+        "# Fixed bounds: rspamd would otherwise raise them with each message it finds ham.\n"
+        "ham_factor_rate = 1.0;\nspam_factor_rate = 1.0;\nham_factor_burst = 1.0;\nspam_factor_burst = 1.0;\n"
+        "rates {\n"
+        "  oignons_list_answers_per_envelope_sender {\n"
+        f"    selector = \"from('smtp'):addr.lower;{command}.id('envelope')\";\n"
+        f'    bucket = {{ burst = {per_sender}; rate = "{per_sender} / 1h"; skip_recipients = true; }}\n'
+        "  }\n"
+        "  oignons_list_answers_per_from {\n"
+        f"    selector = \"from('mime'):addr.lower;{command}.id('from')\";\n"
+        f'    bucket = {{ burst = {per_sender}; rate = "{per_sender} / 1h"; skip_recipients = true; }}\n'
+        "  }\n"
+        "  oignons_list_answers {\n"
+        f"    selector = \"{command}.id('oignons-list-answers')\";\n"
+        f'    bucket = {{ burst = {in_all}; rate = "{in_all} / 1h"; skip_recipients = true; }}\n'
+        "  }\n"
+        "}\n"
+    )
 
 
 def rspamd_force_actions(site: Site) -> str:

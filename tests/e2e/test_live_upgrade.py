@@ -391,3 +391,112 @@ def test_a_refused_configuration_is_explained_from_the_journal(cycle: LiveCycle,
     assert "no-such-user" in refused.stderr, f"the reason is not quoted: {refused.stderr}"
     assert bed.relay.check("cat /etc/postfix/main.cf /etc/postfix/master.cf | sha256sum") == before
     bed.relay.check(apply)
+
+
+# --- The restarts the README promises, on the running daemons ---------------
+
+DROP_IN = f"/usr/lib/systemd/system/postfix.service.d/{PACKAGE}.conf"
+CONFINED_BY = f"/var/lib/{PACKAGE}/confined-by"
+# What the changed drop-in adds: a setting the running master(8) shows (its nice value).
+DROP_IN_ADDITION, CHANGED_NICE = "Nice=3", "3"
+RECONFIGURE = f"dpkg-reconfigure -f noninteractive {PACKAGE}"
+SMARTHOST = "oignons-mail-smarthost"
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """Master PIDs and what they run under, around each step: (before, after)."""
+
+    unchanged: tuple[str, str]  # the postinst again, the drop-in the same
+    changed: tuple[str, str]  # the postinst with a changed drop-in
+    nice_changed: str
+    confined_by_changed: bool  # the record names the changed drop-in's digest
+    restored: tuple[str, str]  # the package's drop-in back
+    nice_restored: str
+
+
+def master_nice(bed: Testbed) -> str:
+    return bed.relay.check(f"ps -o ni= -p {master_pid(bed.relay)}").strip()
+
+
+def drop_in_recorded(bed: Testbed) -> bool:
+    return bed.relay.run(f"sha256sum < {DROP_IN} | cmp -s - {CONFINED_BY}").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def restarts(bed: Testbed, cycle: LiveCycle) -> Restarts:
+    """After the cycle (N+1 installed): the postinst with the same drop-in, with a changed one, with it back.
+
+    A new version's changed drop-in is the package's file, replaced by dpkg
+    before the postinst; here the same file is changed in place, then the
+    postinst runs (dpkg-reconfigure).
+    """
+    first = master_pid(bed.relay)
+    bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
+    unchanged = (first, master_pid(bed.relay))
+    bed.relay.check(
+        f"cp -p {DROP_IN} /root/drop-in.package && printf '\\n[Service]\\n%s\\n' {DROP_IN_ADDITION} >> {DROP_IN}"
+    )
+    try:
+        bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
+        changed = (unchanged[1], master_pid(bed.relay))
+        nice_changed, recorded = master_nice(bed), drop_in_recorded(bed)
+    finally:
+        bed.relay.check(f"cp -p /root/drop-in.package {DROP_IN}")
+        bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
+    restored = (changed[1], master_pid(bed.relay))
+    return Restarts(unchanged, changed, nice_changed, recorded, restored, master_nice(bed))
+
+
+def test_the_postinst_with_the_same_drop_in_does_not_restart_postfix(restarts: Restarts) -> None:
+    before, after = restarts.unchanged
+    assert before == after, f"master(8) restarted with its drop-in unchanged (PID {before} -> {after})"
+
+
+def test_a_changed_drop_in_restarts_postfix_under_it(restarts: Restarts) -> None:
+    before, after = restarts.changed
+    assert before != after, f"master(8) was not restarted for the changed drop-in (PID {before})"
+    assert restarts.nice_changed == CHANGED_NICE, (
+        f"master(8) does not run under the changed drop-in: nice {restarts.nice_changed}"
+    )
+    assert restarts.confined_by_changed, f"{CONFINED_BY} does not name the changed drop-in"
+    before, after = restarts.restored
+    assert before != after, "master(8) was not restarted when the package's drop-in came back"
+    assert restarts.nice_restored == "0", restarts.nice_restored
+
+
+@dataclass(frozen=True)
+class NodeListening:
+    """The node's port 25 sockets (ss) and master PIDs: with the package, removed, installed again."""
+
+    installed: tuple[str, str]
+    removed: tuple[str, str]
+    reinstalled: tuple[str, str]
+
+
+def port_25_sockets(bed: Testbed) -> str:
+    lines = bed.smarthost.check("ss -Hltn 'sport = :25'").splitlines()
+    return " ".join(sorted(line.split()[3] for line in lines if line.strip()))
+
+
+@pytest.fixture(scope="module")
+def node_listening(bed: Testbed) -> NodeListening:
+    """inet_interfaces changes with the package (loopback-only) and without it (Debian's all): a restart each time."""
+    node = bed.smarthost
+    deb = node.check(f"ls /root/{SMARTHOST}_*_all.deb").split()[-1]
+    installed = (master_pid(node), port_25_sockets(bed))
+    node.check(f"apt-get remove -y -q {SMARTHOST}", timeout=APT_TIMEOUT)
+    removed = (master_pid(node), port_25_sockets(bed))
+    node.check(f"dpkg -i {deb}", timeout=APT_TIMEOUT)
+    return NodeListening(installed, removed, (master_pid(node), port_25_sockets(bed)))
+
+
+def test_inet_interfaces_changed_restarts_postfix_on_the_node(node_listening: NodeListening) -> None:
+    loopback = {"127.0.0.1:25", "[::1]:25"}
+    (pid, sockets), (removed_pid, removed_sockets) = node_listening.installed, node_listening.removed
+    assert set(sockets.split()) <= loopback, f"the node listens beyond loopback: {sockets}"
+    assert removed_pid != pid, "master(8) was not restarted when the package's inet_interfaces went away"
+    assert not set(removed_sockets.split()) <= loopback, f"still loopback only once removed: {removed_sockets}"
+    reinstalled_pid, reinstalled_sockets = node_listening.reinstalled
+    assert reinstalled_pid != removed_pid, "master(8) was not restarted for the package's inet_interfaces"
+    assert set(reinstalled_sockets.split()) <= loopback, f"not loopback only once installed: {reinstalled_sockets}"

@@ -10,7 +10,10 @@ it to Mailman's LMTP server and Mailman holds it (the sender is no member).
 from __future__ import annotations
 
 import re
+import secrets
+import time
 
+from oignons_mail import render
 from tests.e2e.machines import CLEAN_CLIENT_ADDRESS, wait_until
 from tests.e2e.mail import final_reply, replies, wait_for_delivery
 from tests.e2e.testbed import DOMAIN, OUTSIDE_DOMAIN, Testbed, new_message_id
@@ -96,3 +99,50 @@ def test_a_new_list_receives_from_its_first_second(bed: Testbed) -> None:
     line = wait_for_delivery(bed, bed.relay, message_id, rf"to=<{re.escape(NEW_LIST_ADDRESS)}>.*status=")
     assert "status=sent" in line, line
     assert f":{MAILMAN_LMTP_PORT}" in line, line
+
+
+# --- Mailman's answers to a stranger, bounded (docs/open-internet.md) -------
+
+LEAVE_ADDRESS = f"e2e-mailman-leave@{DOMAIN}"
+ANSWER_TIMEOUT = 180.0
+QUIET_SECONDS = 10.0  # a later answer would come in this time
+
+
+def ensure_list(bed: Testbed) -> None:
+    wait_for_mailman(bed)
+    if LIST_ADDRESS not in bed.relay.check("runuser -u list -- mailman lists", timeout=120):
+        bed.relay.check(f"runuser -u list -- mailman create {LIST_ADDRESS}", timeout=120)
+
+
+def leave_request(bed: Testbed, sender: str) -> str:
+    """A stranger's message to the list's -leave address, From: and envelope `sender`: the reply to its DATA."""
+    sent = bed.swaks(
+        "--from", sender, "--to", LEAVE_ADDRESS, "--header", "Subject: leave",
+        "--body", "Please remove me.\n", source=CLEAN_CLIENT_ADDRESS,
+    )  # fmt: skip
+    return final_reply(sent.stdout, "250 2.0.0") or final_reply(sent.stdout, "451") or " | ".join(replies(sent.stdout))
+
+
+def test_mailmans_answers_to_a_stranger_are_bounded_per_sender_and_in_all(bed: Testbed) -> None:
+    """A non-member's -leave makes Mailman answer the sender, signed: a few an hour per sender, and in all."""
+    ensure_list(bed)
+    per_sender, in_all = render.LIST_ANSWERS_PER_SENDER_AN_HOUR, render.LIST_ANSWERS_AN_HOUR
+    word = secrets.token_hex(4)
+    victim = f"victim-{word}@{OUTSIDE_DOMAIN}"
+    first = [leave_request(bed, victim) for _ in range(per_sender + 2)]
+    bed.notes.append(f"{bed.name}: {per_sender + 2} -leave messages naming one sender: {first}")
+    assert [reply[:3] for reply in first] == ["250"] * per_sender + ["451"] * 2, first
+    assert all("Ratelimit" in reply for reply in first[per_sender:]), first
+    # Positive control: Mailman's answer reaches that sender; no more of them than were accepted.
+    bed.sink.wait_for("Mailman's answer to the named sender", lambda m: victim in m.rcpt_to, ANSWER_TIMEOUT)
+    time.sleep(QUIET_SECONDS)
+    answers = bed.sink.messages_to(victim)
+    assert 1 <= len(answers) <= per_sender, f"{len(answers)} answers to {victim}"
+    # Distinct senders: the hour's bound in all (its bucket leaks one message every 3600/in_all s).
+    others = [leave_request(bed, f"named-{index}-{word}@{OUTSIDE_DOMAIN}") for index in range(in_all)]
+    accepted = per_sender + sum(reply.startswith("250") for reply in others)
+    bed.notes.append(
+        f"{bed.name}: then {in_all} naming distinct senders: {accepted} accepted in all, last {others[-1]}"
+    )
+    assert in_all <= accepted <= in_all + 1, others
+    assert others[-1].startswith("451 4.7.1"), others[-1]

@@ -27,6 +27,7 @@ CONFFILES = {
         "/etc/rspamd/local.d/greylist.conf",
         "/etc/rspamd/local.d/milter_headers.conf",
         "/etc/rspamd/local.d/multimap.conf",
+        "/etc/rspamd/local.d/ratelimit.conf",
         "/etc/rspamd/local.d/redis.conf",
         "/etc/rspamd/local.d/rspamd.lua",
         "/etc/rspamd/local.d/worker-proxy.inc",

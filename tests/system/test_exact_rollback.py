@@ -32,8 +32,16 @@ postconf -M -e 'submission/inet = submission inet n - y - - smtpd -o syslog_name
 postconf -M -e 'slow/unix = slow unix - - y - 2 smtp'
 """
 # postconf -M lists services in file order; a service removed and put back
-# moves, which Postfix does not see: compare them as a set.
-SETTINGS = "postconf -n; echo '--- master.cf'; postconf -M | sort"
+# moves, which Postfix does not see: compare them as a set.  Beyond what is
+# set: every parameter's effective value (defaults included: a key put back
+# as set, not as the default it was, shows there; postconf's own process_id
+# changes at each run), and every other file under /etc/postfix, byte for byte.
+SETTINGS = (
+    "postconf -n; echo '--- master.cf'; postconf -M | sort"
+    "; echo '--- effective'; postconf 2>/dev/null | grep -v '^process_id = '"
+    "; echo '--- files'; cd /etc/postfix && find . ! -name main.cf ! -name master.cf | sort"
+    " && find . -type f ! -name main.cf ! -name master.cf -exec sha256sum {} + | sort"
+)
 
 
 @dataclass

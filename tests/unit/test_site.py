@@ -1304,6 +1304,65 @@ def test_rspamd_counts_only_mynetworks_as_local(data: Data) -> None:
     assert 'local_addrs = ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1/128"];' in options.splitlines()
 
 
+def ratelimit_rates(conf: str) -> dict[str, tuple[str, str]]:
+    """rspamd's rates in local.d/ratelimit.conf: name -> (selector, bucket)."""
+    found = re.findall(r'  (\w+) \{\n    selector = "(.*)";\n    bucket = \{ (.*) \}\n  \}', conf)
+    return {name: (selector, bucket) for name, selector, bucket in found}
+
+
+def list_answer_counted(selector: str, recipients: list[str]) -> bool:
+    """Whether the selector's recipient part matches (rspamd: the addresses joined by commas, then the regexp)."""
+    pattern = re.search(r"\.regexp\('/(.*)/'\)", selector)
+    assert pattern, selector
+    return re.search(pattern.group(1), ",".join(address.lower() for address in recipients)) is not None
+
+
+@pytest.mark.parametrize(
+    ("recipients", "counted"),
+    [
+        (["discussion-leave@nos-oignons.net"], True),
+        (["Discussion-Unsubscribe@Nos-Oignons.ORG"], True),
+        (["discussion-confirm+0123abcd@nos-oignons.fr"], True),
+        (["postmaster@nos-oignons.net", "discussion-leave@nos-oignons.net"], True),
+        (["discussion-leave@nos-oignons.net", "someone@example.org"], True),
+        (["discussion@nos-oignons.net"], False),
+        (["discussion-bounces+x=example.org@nos-oignons.net"], False),
+        (["discussion-leave@example.org"], False),
+        (["discussion-leave@nos-oignons.net.example.org"], False),
+        (["discussion-leaves@nos-oignons.net"], False),
+    ],
+)
+def test_mailmans_answers_are_counted_by_rspamd(data: Data, recipients: list[str], counted: bool) -> None:
+    rates = ratelimit_rates(render(parse_site(data, "site.toml"))["relay/rspamd-ratelimit.conf"])
+    assert set(rates) == {
+        "oignons_list_answers_per_envelope_sender",
+        "oignons_list_answers_per_from",
+        "oignons_list_answers",
+    }
+    for selector, _ in rates.values():
+        assert list_answer_counted(selector, recipients) is counted, (selector, recipients)
+
+
+def test_mailmans_answers_are_bounded_per_sender_and_in_all(data: Data) -> None:
+    conf = render(parse_site(data, "site.toml"))["relay/rspamd-ratelimit.conf"]
+    rates = ratelimit_rates(conf)
+    per_sender = render_module.LIST_ANSWERS_PER_SENDER_AN_HOUR
+    in_all = render_module.LIST_ANSWERS_AN_HOUR
+    assert rates["oignons_list_answers_per_envelope_sender"][0].startswith("from('smtp'):addr.lower;")
+    assert rates["oignons_list_answers_per_from"][0].startswith("from('mime'):addr.lower;")
+    # Distinct keys: two rates with the same key string would share one bucket.
+    ids = [re.findall(r"\.id\('([^']+)'\)", selector) for selector, _ in rates.values()]
+    assert sorted(ids) == [["envelope"], ["from"], ["oignons-list-answers"]], ids
+    for name, (_, bucket) in rates.items():
+        limit = in_all if name == "oignons_list_answers" else per_sender
+        assert bucket == f'burst = {limit}; rate = "{limit} / 1h"; skip_recipients = true;', bucket
+    lines = conf.splitlines()
+    # rspamd's default exempts a message with postmaster@ among its recipients from every rate.
+    assert 'whitelisted_rcpts = ["nobody@invalid"];' in lines
+    for factor in ("ham_factor_rate", "spam_factor_rate", "ham_factor_burst", "spam_factor_burst"):
+        assert f"{factor} = 1.0;" in lines
+
+
 def test_misspelt_key_message(data: Data) -> None:
     error = parse_broken(data, rename("relay", "banner_suffix", "banner_sufix"))
     assert str(error) == (
