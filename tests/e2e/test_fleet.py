@@ -5,7 +5,8 @@ module): bootstrap, release N+1 through unattended-upgrade (one node after
 the others: `oignons-mail fleet --expect-version` names it behind until it
 has it, from the nodes' heartbeats), the relay's key
 rotation while the nodes keep sending, rollback of one node, a repository that
-does not verify, a local edit of a node's aliases across an unattended upgrade.
+does not verify, a local edit of a node's aliases across an unattended upgrade,
+the repository's signing key rotated (docs/fleet.md's four steps).
 Each step's apt and unattended-upgrade output goes to build/e2e-fleet/run/steps.txt.
 """
 
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from oignons_mail import repo
 from tests.e2e.fleet import (
     DKIM_SELECTOR,
     DKIM_SIGNING_CONFFILE,
@@ -366,3 +368,82 @@ def test_local_alias_edit_survives_unattended_upgrade(bed: Fleet) -> None:
     assert node.check(f"postalias -q {NEW_USER_TO_ROOT} hash:{SMARTHOST_ALIASES}").strip(), "N+1's alias is not live"
     live = node.check("postconf -h smtp_tls_fingerprint_cert_match").strip()
     assert re.split(r"[\s,]+", live) == list(latest.pins)
+
+
+# --- 7. The repository's signing key rotated (docs/fleet.md's four steps) --------------------
+
+# The rotation's releases change only the keyring package: the same site packages, published again.
+ROTATION_VERSIONS = ("+keys1", "+keys2", "+keys3")
+
+
+def signing_fingerprints(bed: Fleet, *, secret: bool = False) -> list[str]:
+    listing = "--list-secret-keys" if secret else "--list-keys"
+    output = subprocess.run(
+        ["gpg", "--homedir", str(bed.artifacts.gnupg_home), "--batch", "--with-colons", listing],
+        check=True, capture_output=True, text=True, env=COMMAND_ENVIRONMENT, timeout=60,
+    ).stdout  # fmt: skip
+    return [line.split(":")[9] for line in output.splitlines() if line.startswith("fpr:")]
+
+
+def trusted_fingerprints(container: Container) -> list[str]:
+    """The keys in the installed keyring package's keyring (read on the host: no gpg on the nodes)."""
+    keyring = container.system.root / repo.KEYRING_PATH.lstrip("/")
+    output = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--show-keys", str(keyring)],
+        check=True, capture_output=True, text=True, env=COMMAND_ENVIRONMENT, timeout=60,
+    ).stdout  # fmt: skip
+    return sorted(line.split(":")[9] for line in output.splitlines() if line.startswith("fpr:"))
+
+
+def publish_keyring(bed: Fleet, suffix: str, signing_key: str | None) -> str:
+    """A release of the same packages with a new keyring package, as `make repo OIGNONS_MAIL_SIGNING_KEY=...`."""
+    latest = bed.artifacts.releases[-1]
+    version = latest.version + suffix
+    repo.publish(list(latest.debs), bed.repository, archive=bed.artifacts.archive, version=version,
+                 date=bed.artifacts.date, home=bed.artifacts.gnupg_home, wanted_key=signing_key)  # fmt: skip
+    return version
+
+
+def test_the_repository_signing_key_rotates_without_locking_a_node_out(bed: Fleet) -> None:
+    home = ["gpg", "--homedir", str(bed.artifacts.gnupg_home), "--batch", "--passphrase", ""]
+    (old,) = signing_fingerprints(bed, secret=True)
+    # 1. The new key beside the old one (docs/fleet.md's command).
+    user_id = repo.SIGNING_KEY_USER_ID.format(origin=bed.artifacts.archive.origin)
+    subprocess.run([*home, "--quick-generate-key", user_id, "ed25519", "sign", "never"],
+                   check=True, capture_output=True, env=COMMAND_ENVIRONMENT, timeout=60)  # fmt: skip
+    (new,) = [key for key in signing_fingerprints(bed, secret=True) if key != old]
+    both = sorted([old, new])
+    # 2. Signed with the old key: the transition keyring, carrying both. The relay and ekumen take it;
+    #    marcuse misses it (an administrator who did not wait for every node).
+    transition = publish_keyring(bed, ROTATION_VERSIONS[0], old)
+    lagging = bed.nodes[LAGGING_NODE]
+    current = [bed.relay, *(node for name, node in bed.nodes.items() if name != LAGGING_NODE)]
+    for container in current:
+        unattended_upgrade(bed, container)
+        assert version_of(container, repo.KEYRING_PACKAGE) == transition
+        assert trusted_fingerprints(container) == both, container.hostname
+    # 3. Signed with the new key: the hosts with the transition keyring trust it ...
+    signed_new = publish_keyring(bed, ROTATION_VERSIONS[1], new)
+    for container in current:
+        unattended_upgrade(bed, container)
+        assert version_of(container, repo.KEYRING_PACKAGE) == signed_new
+    # ... and the node without it is told so by apt, loudly, and nothing on it changes.
+    _assert_refused(bed, lagging, "InRelease signed by the new key, before the transition keyring")
+    # The way back (docs/fleet.md): the repository's current keyring package, installed by hand as at the bootstrap.
+    lagging.check(
+        f"/usr/lib/apt/apt-helper download-file {REPO_URI}{repo.KEYRING_PACKAGE}.deb /root/keyring.deb"
+        " && apt-get install -y -q /root/keyring.deb",
+        timeout=UPGRADE_TIMEOUT,
+    )
+    assert trusted_fingerprints(lagging) == both
+    unattended_upgrade(bed, lagging)
+    # 4. The old key deleted: the next keyring package carries the new key only.
+    subprocess.run([*home, "--yes", "--delete-secret-and-public-key", old],
+                   check=True, capture_output=True, env=COMMAND_ENVIRONMENT, timeout=60)  # fmt: skip
+    final = publish_keyring(bed, ROTATION_VERSIONS[2], None)
+    for container in bed.systems():
+        unattended_upgrade(bed, container)
+        assert version_of(container, repo.KEYRING_PACKAGE) == final, container.hostname
+        assert trusted_fingerprints(container) == [new], container.hostname
+        result = container.run("apt-get update --error-on=any", timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
