@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -240,7 +241,7 @@ class Container:
         except AssertionError as error:
             # The unit's own account of its failure, so that a CI log says why.
             status = self.run(
-                "for unit in $(systemctl --failed --no-legend --plain | awk '{ print $1 }'); do"
+                f"for unit in {' '.join(shlex.quote(unit) for unit in results)}; do"
                 ' systemctl status --no-pager -l -n 0 "$unit"; journalctl -b --no-pager -n 30 -u "$unit"; done',
                 timeout=30,
             )

@@ -137,6 +137,7 @@ def test_mailmans_answers_to_a_stranger_are_bounded_per_sender_and_in_all(bed: T
     bed.sink.wait_for("Mailman's answer to the named sender", lambda m: victim in m.rcpt_to, ANSWER_TIMEOUT)
     time.sleep(QUIET_SECONDS)
     answers = bed.sink.messages_to(victim)
+    bed.notes.append(f"{bed.name}: Mailman's answers to that sender at the sink: {len(answers)}")
     assert 1 <= len(answers) <= per_sender, f"{len(answers)} answers to {victim}"
     # Distinct senders: the hour's bound in all (its bucket leaks one message every 3600/in_all s).
     others = [leave_request(bed, f"named-{index}-{word}@{OUTSIDE_DOMAIN}") for index in range(in_all)]
