@@ -99,12 +99,21 @@ def test_relaying_trick_is_refused_and_nothing_reaches_the_outside(bed: Testbed,
 
 # --- SMTP smuggling (CVE-2023-51764) ------------------------------------------
 
-SMUGGLING_SEPARATORS = {"lf-dot-lf": "\n.\n", "lf-dot-crlf": "\n.\r\n", "crlf-dot-lf": "\r\n.\n"}
+# The end-of-data variants of SEC Consult's smtp-smuggling scanner: bare LF, bare CR, a NUL before the dot.
+SMUGGLING_SEPARATORS = {
+    "lf-dot-lf": "\n.\n",
+    "lf-dot-crlf": "\n.\r\n",
+    "crlf-dot-lf": "\r\n.\n",
+    "cr-dot-cr": "\r.\r",
+    "cr-dot-crlf": "\r.\r\n",
+    "crlf-dot-cr": "\r\n.\r",
+    "crlf-nul-dot-crlf": "\r\n\x00.\r\n",
+}
 
 
 @pytest.mark.parametrize("variant", sorted(SMUGGLING_SEPARATORS))
 def test_smuggled_message_stays_inside_the_first_one(bed: Testbed, variant: str) -> None:
-    """A bare-LF end of data followed by a second transaction: one message is queued, never two."""
+    """A false end of data followed by a second transaction: one message is queued (or none), never two."""
     word = token()
     forged = f"forged-{word}@{DOMAIN}"
     recipient = f"{TEST_ALIAS[0]}@{DOMAIN}"  # an alias to the sink: whatever is queued shows there
@@ -120,12 +129,15 @@ def test_smuggled_message_stays_inside_the_first_one(bed: Testbed, variant: str)
     answers = reply_to(session, "Message-Id")
     note(bed, f"smuggling {variant}", answers)
     assert answers, f"{variant}: no reply to the data"
-    assert answers[0].startswith("250"), f"{variant}: the message was not accepted: {answers}"
-
-    bed.sink.wait_for(f"the {variant} message", lambda m: f"first part {word}" in m.data, 90)
+    # One reply: the relay did not read the smuggled commands as commands.
+    assert len(answers) == 1, f"{variant}: {answers}"
+    assert answers[0][:1] in ("2", "5"), f"{variant}: {answers}"
+    if answers[0].startswith("250"):
+        bed.sink.wait_for(f"the {variant} message", lambda m: f"first part {word}" in m.data, 90)
     time.sleep(QUIET_SECONDS)
     senders = sink_messages_with(bed, word)
-    assert senders == [SENDER], f"{variant}: the sink received {len(senders)} messages, from {senders}"
+    expected = [SENDER] if answers[0].startswith("250") else []
+    assert senders == expected, f"{variant}: the sink received {len(senders)} messages, from {senders}"
     forged_lines = [line for line in bed.mail_log(bed.relay).splitlines() if f"from=<{forged}>" in line]
     assert forged_lines == [], f"{variant}: the relay queued the smuggled message:\n" + "\n".join(forged_lines)
 
