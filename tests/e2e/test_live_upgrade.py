@@ -395,7 +395,10 @@ def test_a_refused_configuration_is_explained_from_the_journal(cycle: LiveCycle,
 
 # --- The restarts the README promises, on the running daemons ---------------
 
-DROP_IN = f"/usr/lib/systemd/system/postfix.service.d/{PACKAGE}.conf"
+# The package's two copies of one drop-in (debian/rules): Postfix's master
+# runs in postfix@-.service on bookworm, in postfix.service on trixie; the
+# postinst compares the first one's digest with the record.
+DROP_INS = tuple(f"/usr/lib/systemd/system/{unit}.service.d/{PACKAGE}.conf" for unit in ("postfix", "postfix@"))
 CONFINED_BY = f"/var/lib/{PACKAGE}/confined-by"
 # What the changed drop-in adds: a setting the running master(8) shows (its nice value).
 DROP_IN_ADDITION, CHANGED_NICE = "Nice=3", "3"
@@ -420,29 +423,31 @@ def master_nice(bed: Testbed) -> str:
 
 
 def drop_in_recorded(bed: Testbed) -> bool:
-    return bed.relay.run(f"sha256sum < {DROP_IN} | cmp -s - {CONFINED_BY}").returncode == 0
+    return bed.relay.run(f"sha256sum < {DROP_INS[0]} | cmp -s - {CONFINED_BY}").returncode == 0
 
 
 @pytest.fixture(scope="module")
 def restarts(bed: Testbed, cycle: LiveCycle) -> Restarts:
     """After the cycle (N+1 installed): the postinst with the same drop-in, with a changed one, with it back.
 
-    A new version's changed drop-in is the package's file, replaced by dpkg
-    before the postinst; here the same file is changed in place, then the
-    postinst runs (dpkg-reconfigure).
+    A new version's changed drop-in is the package's two files, replaced by
+    dpkg before the postinst; here the same files are changed in place, then
+    the postinst runs (dpkg-reconfigure).
     """
     first = master_pid(bed.relay)
     bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
     unchanged = (first, master_pid(bed.relay))
-    bed.relay.check(
-        f"cp -p {DROP_IN} /root/drop-in.package && printf '\\n[Service]\\n%s\\n' {DROP_IN_ADDITION} >> {DROP_IN}"
-    )
+    for index, drop_in in enumerate(DROP_INS):
+        bed.relay.check(
+            f"cp -p {drop_in} /root/drop-in.{index} && printf '\\n[Service]\\n%s\\n' {DROP_IN_ADDITION} >> {drop_in}"
+        )
     try:
         bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
         changed = (unchanged[1], master_pid(bed.relay))
         nice_changed, recorded = master_nice(bed), drop_in_recorded(bed)
     finally:
-        bed.relay.check(f"cp -p /root/drop-in.package {DROP_IN}")
+        for index, drop_in in enumerate(DROP_INS):
+            bed.relay.check(f"cp -p /root/drop-in.{index} {drop_in}")
         bed.relay.check(RECONFIGURE, timeout=APT_TIMEOUT)
     restored = (changed[1], master_pid(bed.relay))
     return Restarts(unchanged, changed, nice_changed, recorded, restored, master_nice(bed))
