@@ -409,7 +409,7 @@ def test_the_repository_signing_key_rotates_without_locking_a_node_out(bed: Flee
     (old,) = signing_fingerprints(bed, secret=True)
     # 1. The new key beside the old one (docs/fleet.md's command).
     user_id = repo.SIGNING_KEY_USER_ID.format(origin=bed.artifacts.archive.origin)
-    subprocess.run([*home, "--quick-generate-key", user_id, "ed25519", "sign", "never"],
+    subprocess.run([*home, "--yes", "--quick-generate-key", user_id, "ed25519", "sign", "never"],
                    check=True, capture_output=True, env=COMMAND_ENVIRONMENT, timeout=60)  # fmt: skip
     (new,) = [key for key in signing_fingerprints(bed, secret=True) if key != old]
     both = sorted([old, new])
