@@ -88,8 +88,8 @@ def gnupg_home(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("gpg", "apt-ftparchive", "dpkg-deb")),
-    reason="needs gpg, apt-ftparchive (apt-utils) and dpkg-deb",
+    any(shutil.which(tool) is None for tool in ("gpg", "gpgv", "apt-ftparchive", "dpkg-deb")),
+    reason="needs gpg, gpgv, apt-ftparchive (apt-utils) and dpkg-deb",
 )
 def test_publish_signs_and_keeps_every_version(tmp_path: Path, gnupg_home: Path) -> None:
     home, repository = gnupg_home, tmp_path / "repo"
