@@ -465,14 +465,15 @@ def own_domains_table(site: Site) -> str:
     path.  With "pinned-nodes", their subdomains too.
     """
     source = PurePosixPath(site.source).name
-    which = "and their subdomains" if _subdomains_refused(site) else "themselves (not their subdomains)"
+    refused = _subdomains_refused(site)
+    which = "and their subdomains" if refused else "themselves (not their subdomains)"
     lines = [
         f"# own_domains.regexp: a table of oignons-mail-relay, generated from {source}.",
         "# Package data, read by smtpd for clients outside mynetworks without a node",
         f"# certificate: the site's domains {which} as senders.",
     ]
     reply = OWN_SENDER_REPLY
-    subdomains = r"([^@]+\.)?" if _subdomains_refused(site) else ""
+    subdomains = r"([^@]+\.)?" if refused else ""
     lines += [f"/@{subdomains}{_regexp_literal(domain)}$/  {reply}" for domain in own_domains(site)]
     return "\n".join(lines) + "\n"
 
@@ -688,19 +689,22 @@ def rspamd_ratelimit(site: Site) -> str:
         "# Fixed bounds: rspamd would otherwise raise them with each message it finds ham.\n"
         "ham_factor_rate = 1.0;\nspam_factor_rate = 1.0;\nham_factor_burst = 1.0;\nspam_factor_burst = 1.0;\n"
         "rates {\n"
-        "  oignons_list_answers_per_envelope_sender {\n"
-        f"    selector = \"from('smtp'):addr.lower;{command}.id('envelope')\";\n"
-        f'    bucket = {{ burst = {per_sender}; rate = "{per_sender} / 1h"; skip_recipients = true; }}\n'
+        + _ratelimit_rate(
+            "oignons_list_answers_per_envelope_sender", f"from('smtp'):addr.lower;{command}.id('envelope')", per_sender
+        )
+        + _ratelimit_rate("oignons_list_answers_per_from", f"from('mime'):addr.lower;{command}.id('from')", per_sender)
+        + _ratelimit_rate("oignons_list_answers", f"{command}.id('oignons-list-answers')", in_all)
+        + "}\n"
+    )
+
+
+def _ratelimit_rate(name: str, selector: str, an_hour: int) -> str:
+    """One rate of rspamd's ratelimit: a bucket of `an_hour` messages an hour, per message (not per recipient)."""
+    return (
+        f"  {name} {{\n"
+        f'    selector = "{selector}";\n'
+        f'    bucket = {{ burst = {an_hour}; rate = "{an_hour} / 1h"; skip_recipients = true; }}\n'
         "  }\n"
-        "  oignons_list_answers_per_from {\n"
-        f"    selector = \"from('mime'):addr.lower;{command}.id('from')\";\n"
-        f'    bucket = {{ burst = {per_sender}; rate = "{per_sender} / 1h"; skip_recipients = true; }}\n'
-        "  }\n"
-        "  oignons_list_answers {\n"
-        f"    selector = \"{command}.id('oignons-list-answers')\";\n"
-        f'    bucket = {{ burst = {in_all}; rate = "{in_all} / 1h"; skip_recipients = true; }}\n'
-        "  }\n"
-        "}\n"
     )
 
 

@@ -376,15 +376,6 @@ def test_local_alias_edit_survives_unattended_upgrade(bed: Fleet) -> None:
 ROTATION_VERSIONS = ("+keys1", "+keys2", "+keys3")
 
 
-def signing_fingerprints(bed: Fleet, *, secret: bool = False) -> list[str]:
-    listing = "--list-secret-keys" if secret else "--list-keys"
-    output = subprocess.run(
-        ["gpg", "--homedir", str(bed.artifacts.gnupg_home), "--batch", "--with-colons", listing],
-        check=True, capture_output=True, text=True, env=COMMAND_ENVIRONMENT, timeout=60,
-    ).stdout  # fmt: skip
-    return [line.split(":")[9] for line in output.splitlines() if line.startswith("fpr:")]
-
-
 def trusted_fingerprints(container: Container) -> list[str]:
     """The keys in the installed keyring package's keyring (read on the host: no gpg on the nodes)."""
     keyring = container.system.root / repo.KEYRING_PATH.lstrip("/")
@@ -406,12 +397,12 @@ def publish_keyring(bed: Fleet, suffix: str, signing_key: str | None) -> str:
 
 def test_the_repository_signing_key_rotates_without_locking_a_node_out(bed: Fleet) -> None:
     home = ["gpg", "--homedir", str(bed.artifacts.gnupg_home), "--batch", "--passphrase", ""]
-    (old,) = signing_fingerprints(bed, secret=True)
+    (old,) = repo.secret_key_fingerprints(bed.artifacts.gnupg_home)
     # 1. The new key beside the old one (docs/fleet.md's command).
     user_id = repo.SIGNING_KEY_USER_ID.format(origin=bed.artifacts.archive.origin)
     subprocess.run([*home, "--yes", "--quick-generate-key", user_id, "ed25519", "sign", "never"],
                    check=True, capture_output=True, env=COMMAND_ENVIRONMENT, timeout=60)  # fmt: skip
-    (new,) = [key for key in signing_fingerprints(bed, secret=True) if key != old]
+    (new,) = [key for key in repo.secret_key_fingerprints(bed.artifacts.gnupg_home) if key != old]
     both = sorted([old, new])
     # 2. Signed with the old key: the transition keyring, carrying both. The relay and ekumen take it;
     #    marcuse misses it (an administrator who did not wait for every node).

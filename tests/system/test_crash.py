@@ -27,15 +27,20 @@ STATE = f"postconf -n; postconf -M | sort; postconf -F | sort; cat /var/lib/{PAC
 CHANGE = f"""echo 'message_size_limit = 12345' >> /usr/share/{PACKAGE}/main.cf
 sed -i -e '/^-M yahoo/d' -e '/^yahoo_/d' /usr/share/{PACKAGE}/master.cf /usr/share/{PACKAGE}/main.cf"""
 CRASH = "exit 0  # the crash"
-# Where a copy of postfix-apply stops: sed's address and command ("i": before
-# the line, "a": after it, "c": instead of it).  Each line is in play_journal.
+# Where a copy of postfix-apply stops: sed's address, its command ("i": before
+# the line, "a": after it, "c": instead of it) and the line put there.  Each
+# line is in play_journal; in a loop, the stop comes after the first file.
 CRASH_POINTS = {
-    "after the commit": (r"/^    play_journal$/", "c"),
-    "after the tables": (r"/^        for file in master.cf main.cf; do$/", "i"),
-    "between master.cf and main.cf": (r'/^            \[ ! -e "\$stage\/\$file" \] || mv -f/', "a"),
-    "after the stage": (r'/^        rm -rf "\$stage"$/', "a"),
-    "between two record files": (r'/^            mv "\$JOURNAL\/\$file" "\$RECORD\/\$file"$/', "a"),
-    "before the signal": (r'/^    signal=\$(cat "\$JOURNAL\/restart")$/', "i"),
+    "after the commit": (r"/^    play_journal$/", "c", CRASH),
+    "after the tables": (r"/^        for file in master.cf main.cf; do$/", "i", CRASH),
+    "between master.cf and main.cf": (
+        r'/^            \[ ! -e "\$stage\/\$file" \] || mv -f/',
+        "a",
+        f'[ "$file" != master.cf ] || {CRASH}',
+    ),
+    "after the stage": (r'/^        rm -rf "\$stage"$/', "a", CRASH),
+    "between two record files": (r'/^            mv "\$JOURNAL\/\$file" "\$RECORD\/\$file"$/', "a", CRASH),
+    "before the signal": (r'/^    signal=\$(cat "\$JOURNAL\/restart")$/', "i", CRASH),
 }
 # Where nothing Postfix or the record shows has moved yet (the change has no table).
 NOTHING_MOVED = ("after the commit", "after the tables")
@@ -57,9 +62,7 @@ class Crashes:
 
 def crashing_copy(point: str) -> str:
     """sh that writes /root/crash-copy: postfix-apply stopping at `point`, checked to have the stop once."""
-    address, command = CRASH_POINTS[point]
-    # In a loop, stop after the first file only: master.cf, or the first record file.
-    crash = f'[ "$file" != master.cf ] || {CRASH}' if point.startswith("between master") else CRASH
+    address, command, crash = CRASH_POINTS[point]
     return f"""sed '{address}{command}\\
 {crash}
 ' {APPLY} > /root/crash-copy
