@@ -39,7 +39,15 @@ from oignons_mail import repo
 from oignons_mail.build import not_copied, release_entry
 from oignons_mail.site import load_site
 from tests.e2e import machines
-from tests.e2e.machines import RUN_PREFIX, SINK_ADDRESS, Container, delete_namespaces, run, wait_until
+from tests.e2e.machines import (
+    RUN_PREFIX,
+    SINK_ADDRESS,
+    Container,
+    delete_namespaces,
+    fresh_work_directory,
+    run,
+    wait_until,
+)
 from tests.e2e.testbed import (
     BUILD_TIMEOUT,
     DKIM_DIRECTORY,
@@ -220,10 +228,8 @@ class FleetArtifacts:
 
 
 def build_fleet_artifacts(work: Path = WORK) -> FleetArtifacts:
-    if work.exists():
-        shutil.rmtree(work)
-    keys = work / "keys"
-    keys.mkdir(parents=True)
+    keys = fresh_work_directory(work) / "keys"
+    keys.mkdir()
     relay_old = make_key_pair(keys, RELAY_HOSTNAME)
     (keys / "next").mkdir()
     relay_new = make_key_pair(keys / "next", RELAY_HOSTNAME)
@@ -274,10 +280,8 @@ def build_published_site(site: FleetSite, fixture: Path, work: Path) -> FleetArt
     the first node's in `relay.node_pins`.  The repository is copied to the
     web server's directory, as README's rsync does.
     """
-    if work.exists():
-        shutil.rmtree(work)
-    keys = work / "keys"
-    keys.mkdir(parents=True)
+    keys = fresh_work_directory(work) / "keys"
+    keys.mkdir()
     relay_key = make_key_pair(keys, site.relay_hostname)
     first_node = site.nodes[0][0]
     node_key = make_key_pair(keys, f"{first_node}.{site.domain}")

@@ -17,6 +17,7 @@ namespace; commands run inside it through nsenter.  Every wait is bounded, and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shlex
@@ -447,6 +448,42 @@ def _signal(pid: int, number: int) -> None:
 
 def machine_name(role: str, pid: int) -> str:
     return f"{RUN_PREFIX}-{role}-{pid}"
+
+
+# The work directories this process holds (path -> the open lock file).
+_claimed: dict[Path, IO[str]] = {}
+
+
+def fresh_work_directory(work: Path) -> Path:
+    """Empty `work` for this run, after taking its lock for the rest of the process's life.
+
+    Each run removes its work directory first: a second run in the same tree
+    (a second `make e2e`, or bench beside it) would remove it under the first
+    one, whose containers then fail at random.  The lock lives beside the
+    directory (the removal keeps it); the kernel drops it when the process ends.
+    """
+    work = work.resolve()
+    if work not in _claimed:
+        work.parent.mkdir(parents=True, exist_ok=True)
+        lock = (work.parent / f".{work.name}.lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise RuntimeError(
+                f"{work} is in use by another end-to-end run (PID {holder}): run one at a time"
+                " in a tree, or the second one in a separate clone (git clone)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        _claimed[work] = lock
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work
 
 
 def sweep_killed_runs() -> list[str]:

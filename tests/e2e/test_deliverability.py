@@ -255,6 +255,51 @@ def dns_check(bed: Testbed) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+# The relay's own TLSA records, as the test zone serves them (built from
+# `oignons-mail dns`), checked by a verifier that is not ours: OpenSSL's DANE
+# code hashes the certificate's key itself and matches it against the record.
+# DANE-EE (usage 3) ignores the certificate's names (RFC 7672, 3.1.1), as
+# Postfix does: hence -dane_ee_no_namechecks.
+DANE_CLIENT = (
+    "timeout 30 openssl s_client -connect {address}:{port} {starttls} -dane_tlsa_domain {name} "
+    "-dane_ee_no_namechecks -dane_tlsa_rrdata {record} -verify_return_error </dev/null 2>&1"
+)
+
+
+def dane_verification(bed: Testbed, port: int, record: str) -> str:
+    """What openssl s_client says of the relay's certificate on this port, against this TLSA record.
+
+    "verified", or the end of its output when it did not verify.
+    """
+    starttls = "-starttls smtp" if port == 25 else ""
+    script = DANE_CLIENT.format(address=RELAY_WORLD_ADDRESS, port=port, starttls=starttls,
+                                name=RELAY_HOSTNAME, record=shlex.quote(record))  # fmt: skip
+    output = bed.world(["sh", "-c", script], 60).stdout
+    # s_client prints the matched digest's end: "DANE TLSA 3 1 1 ...<hex> matched EE certificate".
+    matched = re.search(r"^DANE TLSA 3 1 1 \.*([0-9a-f]+) matched EE certificate at depth 0$", output, re.M)
+    ok = re.search(r"^Verification: OK$", output, re.M)
+    if ok and matched and record.lower().endswith(matched.group(1)):
+        return "verified"
+    return output[-1500:]
+
+
+@pytest.mark.parametrize("port", dns.TLSA_PORTS)
+def test_the_published_tlsa_record_matches_the_relays_live_key(bed: Testbed, port: int) -> None:
+    name = f"_{port}._tcp.{RELAY_HOSTNAME}"
+    served = bed.relay.run(f"dig +short +time=2 +tries=2 TLSA {name} @127.0.0.1").stdout
+    # dig prints the digest in chunks: "3 1 1 8A9A7059... D86F300A...".
+    records = [line.split(maxsplit=3) for line in served.splitlines() if line.strip()]
+    assert records, f"no TLSA record served for {name}"
+    for usage, selector, matching, chunks in records:
+        assert (usage, selector, matching) == ("3", "1", "1"), served
+        digest = "".join(chunks.split())
+        assert dane_verification(bed, port, f"3 1 1 {digest}") == "verified", served
+        # The negative control: one digit changed, and the same client refuses.
+        wrong = f"3 1 1 {digest[:-1]}{'1' if digest[-1] == '0' else '0'}"
+        assert dane_verification(bed, port, wrong) != "verified", wrong
+    bed.notes.append(f"TLSA of {name} ({bed.name}): {len(records)} record(s) verified by openssl s_client")
+
+
 def check_statuses(output: str) -> dict[str, str]:
     """`dns --check` output as {what: status}, from its finding lines (the status, then `what: name type`)."""
     found = re.findall(r"^(fine|missing|different|unsigned) +(.+?): \S+ [A-Z]+", output, re.M)

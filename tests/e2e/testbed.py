@@ -40,6 +40,7 @@ from tests.e2e.machines import (
     SMARTHOST_ADDRESS,
     Container,
     TestNetwork,
+    fresh_work_directory,
     run,
     wait_until,
 )
@@ -168,10 +169,8 @@ def write_test_site(relay_pin: str, node_pins: Mapping[str, str], target: Path) 
 
 
 def build_artifacts(work: Path = WORK) -> Artifacts:
-    if work.exists():
-        shutil.rmtree(work)
-    keys = work / "keys"
-    keys.mkdir(parents=True)
+    keys = fresh_work_directory(work) / "keys"
+    keys.mkdir()
     relay_key = make_key_pair(keys, RELAY_HOSTNAME)
     node_key = make_key_pair(keys, SMARTHOST_HOSTNAME)
     stranger_key = make_key_pair(keys, f"stranger.{OUTSIDE_DOMAIN}")
